@@ -1,0 +1,45 @@
+"""Command line: ``python -m cir_demo <command> [options]``.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args)``;
+modules import their heavy dependencies inside ``run`` so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+# name -> (module, one-line help). Order is the order shown by --help.
+COMMANDS = {
+    "info": ("cir_demo.commands.info", "describe a checkpoint (ours or official) or an open_clip model"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m cir_demo",
+        description="Composed image retrieval with CLIP and a Combiner (Baldrati et al., CVPR 2022 workshop).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="command", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(command)
+        command.set_defaults(_module=module_name)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(args._module)
+    try:
+        result = module.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0) if isinstance(result, int) else 0

@@ -1,0 +1,28 @@
+"""``info``: what a checkpoint holds, or what an open_clip model looks like."""
+
+from __future__ import annotations
+
+import json
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("target", help="a checkpoint (.safetensors ours, .pt official) or an open_clip model name")
+    parser.add_argument("--model-name", default=None, help="open_clip name for official CLIP files (e.g. RN50x4)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from cir_demo.model import load_checkpoint
+    from cir_demo.model.clip import model_config_for
+
+    if Path(args.target).exists():
+        ckpt = load_checkpoint(args.target, model_name=args.model_name)
+        out = {"config": ckpt.config, "clip": repr(ckpt.clip) if ckpt.clip else None,
+               "combiner": ckpt.combiner.dims() if ckpt.combiner else None}
+        if ckpt.combiner is not None:
+            out["combiner_parameters"] = sum(p.numel() for p in ckpt.combiner.parameters())
+    else:
+        out = {"model_name": args.target, "model_config": model_config_for(args.target)}
+    print(json.dumps(out, indent=2, default=str))
+    return 0
