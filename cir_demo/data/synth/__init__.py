@@ -1,0 +1,142 @@
+"""The built-in synthetic composed-image-retrieval world, written in the official layouts.
+
+``generate_world(DIR)`` (CLI: ``python -m cir_demo synth --out DIR``) writes::
+
+    DIR/fashioniq/                      FashionIQ layout (categories dress, shirt, toptee)
+        captions/cap.{cat}.{train,val,test}.json    [{"target", "candidate", "captions": [c1, c2]}]
+        image_splits/split.{cat}.{split}.json       [name, ...]
+        images/{name}.jpg
+        absolute_captions.json                      {name: caption} for every image, all splits
+        synth.json                                  generator, seed, size, counts (no timestamps)
+    DIR/cirr/                           CIRR layout (scenes of simple objects)
+        cirr/captions/cap.rc2.{train,val,test1}.json  [{"pairid", "reference", "target_hard",
+                                                       "target_soft", "caption", "img_set"}]
+                                                     (test1 entries have no target keys)
+        cirr/image_splits/split.rc2.{split}.json      {name: "./dev/name.png"}
+        train/<k>/{name}.png, dev/{name}.png, test1/{name}.png
+        absolute_captions.json                        {name: caption}
+        synth.json
+
+Absolute-caption convention: one ``absolute_captions.json`` at each dataset root (the folder
+the loaders take), mapping every image name of every split to one sentence describing it
+("a fitted dark red long-sleeved knee-length dress with white dots and a v-neck", "two small
+green balls on the left and a large blue cube in the middle on a grey background"). Real
+datasets do not have it; ``CIRDataset.absolute_captions()`` then returns ``{}``.
+
+The same seed gives byte-identical files whatever the number of workers (with the same Pillow
+and numpy versions: JPEG/PNG encoders and font rendering are part of the bytes). Sizes
+(:data:`world.SIZES`), images / triplets per split (train, val, test):
+
+    tiny     FashionIQ per category 28/14/14 images, 16/8/6 triplets; CIRR 24/12/12, 12/6/6
+    small    FashionIQ per category 315/140/70, ~950/200/90;          CIRR 540/150/120, 540/100/80
+    default  FashionIQ per category 1260/490/280, ~3500/600/320;      CIRR 2100/480/480, 2100/320/320
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = ("fashion", "scenes")
+DATASET_DIRS = {"fashion": "fashioniq", "scenes": "cirr"}
+
+
+def _prepare(out_dir: Path, flavour: str, overwrite: bool) -> tuple:
+    """(final dir, partial dir): the world is written aside and moved in place when complete."""
+    final = out_dir / DATASET_DIRS[flavour]
+    if final.exists() and any(final.iterdir()) and not overwrite:
+        raise FileExistsError(f"{final} already exists and is not empty; pass overwrite=True (--overwrite)")
+    partial = out_dir / f".{DATASET_DIRS[flavour]}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return final, partial
+
+
+def _counts(world: dict, keys) -> dict:
+    return {k: {"images": len(world[k].items), "triplets": len(world[k].queries)} for k in keys}
+
+
+def generate_world(out_dir, *, seed: int = 0, size: str = "default", flavours=FLAVOURS, progress: bool = True,
+                   workers: int | None = None, overwrite: bool = False) -> dict:
+    """Generate the synthetic world under ``out_dir`` (see the module docstring for the layout).
+
+    ``flavours``: any of "fashion" (FashionIQ layout) and "scenes" (CIRR layout). ``workers``:
+    drawing processes (default: up to 2, none for small jobs). An existing non-empty dataset folder
+    is replaced only with ``overwrite=True``. Returns ``{"seconds", "seed", "size", "fashioniq":
+    {cat: {split: {"images", "triplets"}}}, "cirr": {split: {...}}}`` (only generated flavours).
+    """
+    from cir_demo.data.synth import layout, world
+
+    if size not in world.SIZES:
+        raise ValueError(f"unknown size {size!r}; choose one of {', '.join(world.SIZES)}")
+    unknown = set(flavours) - set(FLAVOURS)
+    if unknown or not flavours:
+        raise ValueError(f"unknown flavours {sorted(unknown)}; choose from {FLAVOURS}")
+    start, out_dir = time.perf_counter(), Path(out_dir)
+    summary = {"seed": seed, "size": size}
+    for flavour in FLAVOURS:
+        if flavour not in flavours:
+            continue
+        final, partial = _prepare(out_dir, flavour, overwrite)
+        if flavour == "fashion":
+            plan = world.plan_fashion(seed, world.SIZES[size])
+            jobs = layout.write_fashioniq(partial, plan)
+            counts = {cat: _counts(splits, world.FASHION_SPLITS) for cat, splits in plan.items()}
+        else:
+            plan = world.plan_scenes(seed, world.SIZES[size])
+            jobs = layout.write_cirr(partial, plan)
+            counts = _counts(plan, world.CIRR_SPLITS)
+        n_workers = workers if workers is not None else (min(2, os.cpu_count() or 1) if len(jobs) > 300 else 1)
+        layout.render_all(jobs, n_workers, progress, desc=DATASET_DIRS[flavour])
+        layout.write_json(partial / "synth.json", {"generator": "cir_demo.data.synth", "format": 1,
+                                                    "seed": seed, "size": size, "counts": counts})
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        summary[DATASET_DIRS[flavour]] = counts
+        log.info("wrote %s (%d images)", final, len(jobs))
+    summary["seconds"] = round(time.perf_counter() - start, 2)
+    return summary
+
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``python -m cir_demo synth``."""
+    parser.add_argument("--out", required=True, type=Path, help="output folder (gets fashioniq/ and cirr/)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    parser.add_argument("--size", choices=("tiny", "small", "default"), default="default",
+                        help="tiny: tests; small: quick runs; default: training the built-in models")
+    parser.add_argument("--flavour", choices=("fashion", "scenes", "both"), default="both",
+                        help="fashion: FashionIQ layout; scenes: CIRR layout (default both)")
+    parser.add_argument("--workers", type=int, default=None, help="drawing processes (default: up to 2)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing generated datasets")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    """Run ``synth`` from parsed arguments; prints a one-line summary per dataset."""
+    flavours = FLAVOURS if args.flavour == "both" else (args.flavour,)
+    try:
+        summary = generate_world(args.out, seed=args.seed, size=args.size, flavours=flavours,
+                                 progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite)
+    except FileExistsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for dataset in ("fashioniq", "cirr"):
+        if dataset in summary:
+            counts = summary[dataset]
+            splits = counts.values() if dataset == "cirr" else [s for cat in counts.values() for s in cat.values()]
+            images, triplets = sum(s["images"] for s in splits), sum(s["triplets"] for s in splits)
+            print(f"{Path(args.out) / dataset}: {images} images, {triplets} triplets")
+    print(f"done in {summary['seconds']:.1f} s")
+    return 0
+
+
+# The CLI looks up ``add_arguments`` / ``run`` by convention; keep both spellings.
+add_arguments = add_synth_arguments
+run = run_synth
