@@ -96,7 +96,8 @@ class ClipModel:
             digest.update(repr(sorted(self.preprocess.describe().items())).encode())
             for key, tensor in sorted(self.model.visual.state_dict().items()):
                 digest.update(key.encode())
-                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+                # fp16 bytes: the same weights held in fp32 or fp16 give the same fingerprint
+                digest.update(tensor.detach().to("cpu", torch.float16).contiguous().numpy().tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
