@@ -56,7 +56,8 @@ def test_plain_open_clip_weights_file_and_local_dir(tmp_path):
     state = {k: v.contiguous() for k, v in reference.state_dict().items()}
     weights = tmp_path / "tiny.safetensors"
     save_file(state, str(weights))
-    tokens = open_clip.SimpleTokenizer()(["a red dress"])
+    context = open_clip.get_model_config("cir-tiny")["text_cfg"]["context_length"]
+    tokens = open_clip.SimpleTokenizer(context_length=context)(["a red dress"])
     with torch.no_grad():
         expected = reference.encode_text(tokens)
         clip = load_clip("cir-tiny", str(weights))
@@ -81,7 +82,8 @@ def test_features_are_raw_and_captions_truncate():
     clip = load_clip("cir-tiny")
     long_caption = "is darker " * 2000
     tokens = clip.tokenize([long_caption, "🙂 مرحبا"])
-    assert tokens.shape == (2, 77)
+    assert tokens.shape == (2, clip.context_length) and clip.context_length == 32  # cir-tiny's own context
+    assert int(tokens[0].argmax()) == clip.context_length - 1  # cut, with the end token kept last
     with torch.no_grad():
         feats = clip.encode_text(tokens)
     assert feats.shape == (2, clip.feature_dim)

@@ -59,6 +59,9 @@ def atomic_write(path: PathLike, write) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -244,3 +247,14 @@ def load_clip_weights_file(path: PathLike, model_name: Optional[str], *,
     _load_state(model, {k.removeprefix("module."): v for k, v in state.items()}, path, "CLIP")
     return ClipModel(model, name=model_name, model_config=config, preprocess=preprocess or "targetpad",
                      source=str(path))
+
+
+def bundle_checkpoint(clip_file: PathLike, combiner_file: PathLike, out: PathLike, *,
+                      dtype: Optional[torch.dtype] = torch.float16, provenance: Optional[dict] = None) -> Path:
+    """One file holding a stage-1 CLIP and a stage-2 Combiner, with both provenances."""
+    clip_ckpt, comb_ckpt = load_checkpoint(clip_file), load_checkpoint(combiner_file)
+    if clip_ckpt.clip is None or comb_ckpt.combiner is None:
+        raise CheckpointError(f"need a CLIP in {clip_file} and a Combiner in {combiner_file}")
+    merged = {"clip": clip_ckpt.config.get("provenance", {}), "combiner": comb_ckpt.config.get("provenance", {}),
+              **(provenance or {})}
+    return save_checkpoint(out, clip=clip_ckpt.clip, combiner=comb_ckpt.combiner, provenance=merged, dtype=dtype)

@@ -1,0 +1,131 @@
+"""The paper's evaluation, for any composer: encode a split once, then score each composer.
+
+FashionIQ: per category, gallery = the category's split images, reference kept, R@10/R@50
+and their averages. CIRR: gallery = all split images, reference removed, R@1/5/10/50 and
+Recall_subset@1/2/3. CIRR test1 produces the two submission JSON files instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cir_demo import metrics
+from cir_demo.data.datasets import FASHIONIQ_CATEGORIES, CIRDataset, detect_layout, load_cirr, load_fashioniq
+from cir_demo.data.records import Triplet, query_captions
+from cir_demo.encode import encode_names, encode_texts
+from cir_demo.model.clip import ClipModel
+from cir_demo.model.composers import Composer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuerySet:
+    """Everything the protocol needs for one gallery, as RAW features (CPU, float32)."""
+
+    name: str                  # FashionIQ category, or "cirr"
+    dataset: str               # "fashioniq" | "cirr"
+    gallery_feats: torch.Tensor  # (N, D)
+    gallery_names: list[str]
+    ref_feats: torch.Tensor    # (Q, D)
+    text_feats: torch.Tensor   # (Q, D)
+    triplets: list[Triplet]
+
+    @property
+    def has_targets(self) -> bool:
+        return all(t.target is not None for t in self.triplets)
+
+
+def build_query_set(clip: ClipModel, ds: CIRDataset, *, image_feats: Optional[Mapping[str, torch.Tensor]] = None,
+                    batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> QuerySet:
+    """Encode a split's gallery, its references and its validation captions once.
+
+    ``image_feats`` reuses already-computed image features ({name: (D,)}) where present,
+    e.g. when only the text encoder changed between two validations.
+    """
+    wanted = list(dict.fromkeys([*ds.image_names, *(t.reference for t in ds.triplets)]))
+    feats = dict(image_feats or {})
+    missing = [n for n in wanted if n not in feats]
+    if missing:
+        feats.update(encode_names(clip, missing, ds.image_path, batch_size=batch_size, num_workers=num_workers,
+                                  progress=progress, desc=f"{ds.category or ds.dataset} images"))
+    captions = [query_captions(t, train=False)[0] for t in ds.triplets]
+    text = encode_texts(clip, captions, progress=progress, desc="captions")
+    return QuerySet(name=ds.category or ds.dataset, dataset=ds.dataset,
+                    gallery_feats=torch.stack([feats[n] for n in ds.image_names]),
+                    gallery_names=list(ds.image_names),
+                    ref_feats=torch.stack([feats[t.reference] for t in ds.triplets]),
+                    text_feats=text, triplets=list(ds.triplets))
+
+
+@torch.no_grad()
+def compose_queries(composer: Composer, ref_feats: torch.Tensor, text_feats: torch.Tensor, *,
+                    device: str | torch.device = "cpu", chunk: int = 2048) -> torch.Tensor:
+    """Normalised query features (Q, D) float32, composed in chunks on ``device``."""
+    out = []
+    for start in range(0, ref_feats.shape[0], chunk):
+        ref = ref_feats[start:start + chunk].to(device)
+        txt = text_feats[start:start + chunk].to(device)
+        out.append(composer(ref, txt).float())
+    return torch.cat(out) if out else torch.empty(0, ref_feats.shape[1])
+
+
+def score_query_set(qs: QuerySet, composer: Composer, *, device: str | torch.device = "cpu") -> dict:
+    """The protocol's recalls (percent) for one composer on one encoded split."""
+    if not qs.has_targets:
+        raise ValueError(f"{qs.name}: this split has no targets; use cirr_test_submission")
+    queries = compose_queries(composer, qs.ref_feats, qs.text_feats, device=device)  # (Q, D)
+    gallery = F.normalize(qs.gallery_feats.to(device), dim=-1)  # (N, D)
+    targets = [t.target for t in qs.triplets]
+    if qs.dataset == "fashioniq":
+        return metrics.fashioniq_recalls(queries, gallery, qs.gallery_names, targets)
+    return metrics.cirr_recalls(queries, gallery, qs.gallery_names, [t.reference for t in qs.triplets],
+                                targets, [t.group for t in qs.triplets])
+
+
+def summarise(dataset: str, per_set: Mapping[str, dict]) -> dict:
+    """Add the averages and the model-selection score the paper uses."""
+    if dataset == "fashioniq":
+        summary = metrics.average_fashioniq(per_set)
+        summary["selection"] = summary["average"]["avg"] if "average" in summary else summary.get("avg")
+        return summary
+    (name, result), = per_set.items()
+    return {**dict(per_set), "selection": result["mean"]}
+
+
+def load_eval_splits(root: str | Path, split: str, categories: Optional[Sequence[str]] = None) -> list[CIRDataset]:
+    """The split's datasets: the FashionIQ categories asked for (default all), or the CIRR split."""
+    if detect_layout(root) == "cirr":
+        return [load_cirr(root, split)]
+    return [load_fashioniq(root, c, split) for c in (categories or FASHIONIQ_CATEGORIES)]
+
+
+def evaluate(clip: ClipModel, composers: Mapping[str, Composer], root: str | Path, *, split: str = "val",
+             categories: Optional[Sequence[str]] = None, device: str = "cpu", batch_size: int = 64,
+             num_workers: int = 0, progress: bool = False) -> dict:
+    """{composer name: summary} on a dataset split; every composer sees the same features."""
+    sets = [build_query_set(clip, ds, batch_size=batch_size, num_workers=num_workers, progress=progress)
+            for ds in load_eval_splits(root, split, categories)]
+    results = {}
+    for name, composer in composers.items():
+        per_set = {qs.name: score_query_set(qs, composer, device=device) for qs in sets}
+        results[name] = summarise(sets[0].dataset, per_set)
+    return results
+
+
+def cirr_test_submission(clip: ClipModel, composer: Composer, root: str | Path, out_dir: str | Path, *,
+                         name: str, split: str = "test1", device: str = "cpu", **encode_kwargs) -> list[Path]:
+    """Write the two CIRR test-server files for ``composer``; returns their paths."""
+    ds, = load_eval_splits(root, split)
+    qs = build_query_set(clip, ds, **encode_kwargs)
+    queries = compose_queries(composer, qs.ref_feats, qs.text_feats, device=device)
+    recall, subset = metrics.cirr_submission(
+        queries, F.normalize(qs.gallery_feats.to(device), dim=-1), qs.gallery_names,
+        [t.reference for t in qs.triplets], [t.pair_id for t in qs.triplets], [t.group for t in qs.triplets])
+    return metrics.write_submission(out_dir, name, recall, subset)

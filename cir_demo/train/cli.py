@@ -1,0 +1,71 @@
+"""``python -m cir_demo train {clip-pretrain,stage1,stage2}``: argument parsing and wiring only.
+
+Defaults are the paper's reference hyper-parameters (PAPER.md); the bundled weights'
+README records the values used for the synthetic world.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+
+
+def add_arguments(parser) -> None:
+    sub = parser.add_subparsers(dest="stage", metavar="stage", required=True)
+    pre = sub.add_parser("clip-pretrain", help="contrastive training of a small CLIP from scratch")
+    _common(pre, epochs=20, batch=128, lr=5e-4)
+    pre.add_argument("--model", default="cir-tiny", help="open_clip model name (random init)")
+    pre.add_argument("--weight-decay", type=float, default=0.1)
+    s1 = sub.add_parser("stage1", help="fine-tune CLIP with the normalised element-wise sum")
+    _common(s1, epochs=100, batch=512, lr=2e-6)
+    _clip_source(s1)
+    s1.add_argument("--encoder", choices=("text", "image", "both"), default="text",
+                    help="which CLIP encoder to fine-tune (workshop paper: text)")
+    s1.add_argument("--weight-decay", type=float, default=0.01)
+    s1.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+    s2 = sub.add_parser("stage2", help="train the Combiner on frozen (cached) CLIP features")
+    _common(s2, epochs=300, batch=4096, lr=2e-5)
+    _clip_source(s2)
+    s2.add_argument("--projection-dim", type=int, default=None, help="default 4 x CLIP dim")
+    s2.add_argument("--hidden-dim", type=int, default=None, help="default 8 x CLIP dim")
+
+
+def _common(p, *, epochs: int, batch: int, lr: float) -> None:
+    p.add_argument("--data", required=True, nargs="+", help="dataset root(s): a FashionIQ or CIRR folder")
+    p.add_argument("--out", required=True, help="run folder: best.safetensors, state.pt, metrics.jsonl")
+    p.add_argument("--categories", nargs="+", default=None, help="FashionIQ categories (default: all)")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
+    p.add_argument("--resume", action="store_true", help="continue from --out/state.pt")
+    p.add_argument("--validate-every", type=int, default=1, help="epochs between validations")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for image decoding")
+    p.add_argument("--save-dtype", choices=tuple(_DTYPES), default="fp32", help="storage dtype of best weights")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _clip_source(p) -> None:
+    p.add_argument("--clip", default="weights/cir-tiny-clip.safetensors",
+                   help="CLIP weights: our checkpoint, an official .pt, a file, or a tag with --clip-model")
+    p.add_argument("--clip-model", default="RN50x4", help="open_clip model name (for tags and plain files)")
+
+
+def run(args) -> int:
+    import torch
+
+    from cir_demo.train import stages
+
+    torch.manual_seed(args.seed)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.save_dtype = getattr(torch, _DTYPES[args.save_dtype]) if _DTYPES[args.save_dtype] else None
+    result = {"clip-pretrain": stages.run_pretrain, "stage1": stages.run_stage1,
+              "stage2": stages.run_stage2}[args.stage](args)
+    print(json.dumps(result, default=float))
+    return 0

@@ -1,0 +1,78 @@
+"""Training data for the stages: triplets of a split, and their cached CLIP features."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from cir_demo.data.datasets import CIRDataset
+from cir_demo.data.records import Triplet, query_captions
+from cir_demo.encode import encode_names, encode_texts
+from cir_demo.evaluate import load_eval_splits
+from cir_demo.model.clip import ClipModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainTriplets:
+    """The training triplets of a dataset (all FashionIQ categories together, as the paper)."""
+
+    dataset: str
+    triplets: list[Triplet]
+    captions: list[list[str]]          # per triplet, its caption variants (FashionIQ 4, CIRR 1)
+    path_of: dict[str, Path]           # image name -> file
+
+    @property
+    def image_names(self) -> list[str]:
+        return list(dict.fromkeys(n for t in self.triplets for n in (t.reference, t.target)))
+
+
+def load_train_triplets(root: str | Path, categories: Optional[Sequence[str]] = None,
+                        split: str = "train") -> TrainTriplets:
+    datasets: list[CIRDataset] = load_eval_splits(root, split, categories)
+    triplets, path_of = [], {}
+    for ds in datasets:
+        usable = [t for t in ds.triplets if t.target is not None]
+        triplets += usable
+        for t in usable:
+            path_of[t.reference] = ds.image_path(t.reference)
+            path_of[t.target] = ds.image_path(t.target)
+    if not triplets:
+        raise ValueError(f"{root}: no training triplets with targets in split {split!r}")
+    captions = [query_captions(t, train=True) for t in triplets]
+    return TrainTriplets(datasets[0].dataset, triplets, captions, path_of)
+
+
+def sample_variants(n_variants: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """Which caption variant each row uses at this step (deterministic in seed and step)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return (torch.rand(n_variants.shape[0], generator=gen) * n_variants).long()  # (B,)
+
+
+@dataclass
+class CachedTriplets:
+    """Stage 2's cache: every triplet's image features and ALL its caption variants, encoded once."""
+
+    ref: torch.Tensor       # (T, D) raw
+    target: torch.Tensor    # (T, D) raw
+    text: torch.Tensor      # (T, V, D) raw; rows with fewer variants repeat their last one
+    n_variants: torch.Tensor  # (T,)
+
+
+def cache_triplet_features(clip: ClipModel, data: TrainTriplets, *, batch_size: int = 64, num_workers: int = 0,
+                           progress: bool = True) -> CachedTriplets:
+    feats = encode_names(clip, data.image_names, data.path_of.__getitem__, batch_size=batch_size,
+                         num_workers=num_workers, progress=progress, desc="train images")
+    n_var = torch.tensor([len(c) for c in data.captions])
+    width = int(n_var.max())
+    padded = [c + [c[-1]] * (width - len(c)) for c in data.captions]
+    flat = encode_texts(clip, [c for row in padded for c in row], progress=progress, desc="train captions")
+    return CachedTriplets(
+        ref=torch.stack([feats[t.reference] for t in data.triplets]),
+        target=torch.stack([feats[t.target] for t in data.triplets]),
+        text=flat.view(len(padded), width, -1), n_variants=n_var)

@@ -1,0 +1,205 @@
+"""One training loop for every stage: epochs of index batches, AMP, DDP, validation, resume.
+
+A stage supplies a ``Task`` (what a batch's loss is, how to validate, what to save); the
+loop owns the rest. Data order is a function of (seed, epoch) and caption sampling of
+(seed, step), so a resumed run takes exactly the batches the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from cir_demo.model.checkpoint import atomic_write, safe_torch_load
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+LOG_FILE = "metrics.jsonl"
+
+
+@dataclass
+class LoopConfig:
+    out_dir: str
+    epochs: int = 1
+    batch_size: int = 128
+    seed: int = 0
+    max_steps: Optional[int] = None   # stop (and save state) after this many optimiser steps in all
+    resume: bool = False
+    validate_every: int = 1           # epochs
+    device: str = "cpu"
+    amp: bool = True                  # only has an effect on CUDA
+    progress: bool = True
+    drop_last: bool = True            # as the original: a last small batch has too few negatives
+    extra: dict = field(default_factory=dict)
+
+
+class Task:
+    """What a stage defines. ``modules``: the trained modules (DDP wraps ``ddp_module``)."""
+
+    num_examples: int = 0
+
+    def trainable(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def loss(self, rows: torch.Tensor, step: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def validate(self) -> tuple[float, dict]:
+        """(selection score, metrics); higher is better."""
+        raise NotImplementedError
+
+    def save_best(self, path: Path, provenance: dict) -> None:
+        raise NotImplementedError
+
+    def train_mode(self) -> None:
+        """Set train/eval modes for a training step (stage 1 keeps CLIP in eval mode)."""
+        self.trainable().train()
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int, world: int,
+                  drop_last: bool) -> list[torch.Tensor]:
+    """This rank's batches of example rows for one epoch (same permutation on every rank)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    per_rank = batch_size // world if world > 1 else batch_size
+    if per_rank < 1:
+        raise ValueError(f"batch size {batch_size} is smaller than the world size {world}")
+    global_batches = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and global_batches and len(global_batches[-1]) < batch_size and len(global_batches) > 1:
+        global_batches.pop()
+    return [b[rank::world] for b in global_batches]
+
+
+class JsonlLog:
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record) -> None:
+        if self.enabled:
+            with open(self.path, "a") as handle:
+                handle.write(json.dumps(record, default=float) + "\n")
+
+
+def _save_state(path: Path, task: Task, optimizer, scaler, epoch: int, step: int, batch_in_epoch: int,
+                best: float) -> None:
+    state = {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "best": best,
+             "model": task.trainable().state_dict(), "optimizer": optimizer.state_dict(),
+             "scaler": scaler.state_dict() if scaler is not None else {},
+             "torch_rng": torch.get_rng_state()}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def fit(task: Task, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> dict:
+    """Train; returns {"step", "epoch", "best", "seconds"}. Rank 0 writes files."""
+    rank, world = distributed()
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+    logbook = JsonlLog(out / LOG_FILE, rank == 0)
+    module = task.trainable()
+    ddp = torch.nn.parallel.DistributedDataParallel(module) if world > 1 else None
+    use_amp = cfg.amp and torch.device(cfg.device).type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    epoch, step, skip, best = 0, 0, 0, -math.inf
+    if cfg.resume and (out / STATE_FILE).is_file():
+        state = safe_torch_load(out / STATE_FILE)
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        epoch, step, skip, best = state["epoch"], state["step"], state["batch_in_epoch"], state["best"]
+        log.info("resumed from %s at epoch %d, step %d", out / STATE_FILE, epoch, step)
+    start = time.perf_counter()
+    task.forward_module = ddp or module
+    stopped = False
+    while epoch < cfg.epochs and not stopped:
+        batches = epoch_batches(task.num_examples, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
+                                world=world, drop_last=cfg.drop_last)
+        stopped, step, skip, loss_sum, n = _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip,
+                                                      logbook, rank, use_amp)
+        if stopped:
+            if rank == 0:
+                _save_state(out / STATE_FILE, task, optimizer, scaler, epoch, step, skip, best)
+            break
+        epoch += 1
+        record = {"event": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / max(n, 1),
+                  "seconds": time.perf_counter() - start}
+        if epoch % cfg.validate_every == 0 or epoch == cfg.epochs:
+            score, val = task.validate()
+            record.update(val=val, score=score)
+            if score > best:
+                best = score
+                if rank == 0:
+                    task.save_best(out / "best.safetensors", {"epoch": epoch, "step": step, "metrics": val})
+                record["best"] = True
+        logbook.write(**record)
+        log.info("epoch %d: loss %.4f score %s", epoch, record["train_loss"], record.get("score"))
+        if rank == 0:
+            _save_state(out / STATE_FILE, task, optimizer, scaler, epoch, step, 0, best)
+        skip = 0
+    _check_ranks_agree(module, logbook, rank, world)
+    return {"step": step, "epoch": epoch, "best": best, "seconds": time.perf_counter() - start}
+
+
+def _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook, rank, use_amp):
+    bar = batches[skip:]
+    if cfg.progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
+    loss_sum, n = 0.0, 0
+    for i, rows in enumerate(bar, start=skip):
+        if cfg.max_steps is not None and step >= cfg.max_steps:
+            return True, step, i, loss_sum, n
+        task.train_mode()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            loss = task.loss(rows, step)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        step += 1
+        loss_sum, n = loss_sum + float(loss.detach()), n + 1
+        logbook.write(event="step", epoch=epoch, step=step, loss=float(loss.detach()))
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(loss=f"{loss_sum / n:.4f}")
+    if cfg.max_steps is not None and step >= cfg.max_steps:
+        return True, step, len(batches), loss_sum, n
+    return False, step, 0, loss_sum, n
+
+
+def _check_ranks_agree(module: torch.nn.Module, logbook: JsonlLog, rank: int, world: int) -> None:
+    """Under DDP, record every rank's parameter checksum: they must be identical."""
+    if world == 1:
+        return
+    checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in module.parameters())],
+                            dtype=torch.float64)
+    gathered = [torch.zeros_like(checksum) for _ in range(world)]
+    dist.all_gather(gathered, checksum)
+    logbook.write(event="ddp", checksums=[float(g) for g in gathered])

@@ -1,0 +1,103 @@
+"""A small CLIP trained from scratch on the synthetic world's absolute captions.
+
+Our offline stand-in for OpenAI's pre-training: the standard symmetric contrastive loss
+over image/caption pairs, with the learnable temperature. Images are preprocessed once and
+kept in memory as fp16 (the world is small); captions are tokenised once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from cir_demo.data.datasets import CIRDataset
+from cir_demo.encode import ImageFiles
+from cir_demo.evaluate import load_eval_splits
+from cir_demo.model.checkpoint import save_checkpoint
+from cir_demo.model.clip import ClipModel
+from cir_demo.train.stage1 import RawEncoder
+from cir_demo.train.loop import Task
+
+log = logging.getLogger(__name__)
+
+
+def captioned_images(roots, split: str = "train") -> tuple[list[Path], list[str]]:
+    """(image paths, absolute captions) of every captioned image in the splits of ``roots``."""
+    paths, captions = [], []
+    for root in roots:
+        for ds in load_eval_splits(root, split):
+            ds: CIRDataset
+            absolute = ds.absolute_captions()
+            for name in ds.image_names:
+                if name in absolute:
+                    paths.append(ds.image_path(name))
+                    captions.append(absolute[name])
+    if not paths:
+        raise ValueError(f"no image with an absolute caption in {', '.join(map(str, roots))} ({split})")
+    return paths, captions
+
+
+def preload_pixels(clip: ClipModel, paths, *, num_workers: int = 0, progress: bool = True) -> torch.Tensor:
+    """All images preprocessed once: (N, 3, S, S) fp16 on the CPU."""
+    out = torch.empty(len(paths), 3, clip.image_size, clip.image_size, dtype=torch.float16)
+    loader = DataLoader(ImageFiles(paths, clip.preprocess), batch_size=256, num_workers=num_workers)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="preprocess", unit="batch", leave=False)
+    for pixels, rows in loader:
+        out[rows] = pixels.half()
+    return out
+
+
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric cross-entropy over a batch of matching pairs."""
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T  # (B, B)
+    labels = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+class PretrainTask(Task):
+    def __init__(self, clip: ClipModel, pixels: torch.Tensor, captions: list[str], *, device: str,
+                 provenance: dict, val_pixels=None, val_captions=None, save_dtype=None):
+        self.clip, self.pixels, self.device = clip, pixels, device
+        self.tokens = clip.tokenize(captions)  # (N, L)
+        self.num_examples = len(captions)
+        self.wrapper = RawEncoder(clip.model)
+        self.forward_module = self.wrapper
+        self.val_pixels, self.val_tokens = val_pixels, clip.tokenize(val_captions) if val_captions else None
+        self.provenance, self.save_dtype = provenance, save_dtype
+
+    def trainable(self):
+        return self.wrapper
+
+    def loss(self, rows, step):
+        image, text = self.forward_module(self.pixels[rows].to(self.device, torch.float32),
+                                          self.tokens[rows].to(self.device))
+        return contrastive_loss(image, text, self.clip.model.logit_scale)
+
+    @torch.no_grad()
+    def validate(self):
+        """Image->caption top-1 accuracy among held-out pairs (in chunks of 256 candidates)."""
+        if self.val_pixels is None:
+            return 0.0, {}
+        self.clip.model.eval()
+        hits, total = 0, 0
+        for start in range(0, len(self.val_tokens), 256):
+            px = self.val_pixels[start:start + 256].to(self.device, torch.float32)
+            tok = self.val_tokens[start:start + 256].to(self.device)
+            image, text = self.wrapper(px, tok)
+            sims = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
+            hits += int((sims.argmax(dim=1) == torch.arange(len(sims), device=sims.device)).sum())
+            total += len(sims)
+        accuracy = 100.0 * hits / max(total, 1)
+        return accuracy, {"image_to_caption_top1_in_256": accuracy}
+
+    def save_best(self, path: Path, provenance: dict):
+        save_checkpoint(path, clip=self.clip, dtype=self.save_dtype,
+                        provenance={**self.provenance, **provenance, "stage": "clip-pretrain"})

@@ -1,0 +1,121 @@
+"""Stage 1: fine-tune CLIP so that ``normalize(ref + caption)`` retrieves the target.
+
+The workshop paper fine-tunes the text encoder only (``--encoder text``, the default);
+``image`` and ``both`` are there for the journal version's setting. CLIP stays in eval
+mode throughout (ResNet BatchNorm statistics frozen), as in the original. With a frozen
+image encoder its features never change, so they are encoded once instead of every batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cir_demo.encode import encode_names, open_image
+from cir_demo.evaluate import build_query_set, load_eval_splits, score_query_set, summarise
+from cir_demo.model.checkpoint import save_checkpoint
+from cir_demo.model.clip import ClipModel
+from cir_demo.model.composers import SumComposer
+from cir_demo.train.data import TrainTriplets, sample_variants
+from cir_demo.train.loop import Task
+
+log = logging.getLogger(__name__)
+ENCODERS = ("text", "image", "both")
+
+
+class RawEncoder(nn.Module):
+    """CLIP's raw (unnormalised) encoders behind one ``forward``, so DDP sees the calls."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images=None, tokens=None):
+        image = self.model.encode_image(images) if images is not None else None
+        text = self.model.encode_text(tokens) if tokens is not None else None
+        return image, text
+
+
+def freeze_for(clip: ClipModel, encoder: str) -> list[nn.Parameter]:
+    """Leave trainable only the chosen encoder's parameters; return them."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"--encoder must be one of {', '.join(ENCODERS)}, got {encoder!r}")
+    for name, param in clip.model.named_parameters():
+        is_image = name.startswith("visual.")
+        param.requires_grad = (encoder == "both") or (is_image == (encoder == "image"))
+        if name == "logit_scale":
+            param.requires_grad = False  # unused by the stage-1 loss
+    return [p for p in clip.model.parameters() if p.requires_grad]
+
+
+class Stage1Task(Task):
+    def __init__(self, clip: ClipModel, data: TrainTriplets, encoder: str, *, root, categories, seed: int,
+                 device: str, provenance: dict, save_dtype=None, batch_size: int = 64, num_workers: int = 0,
+                 progress: bool = True):
+        self.clip, self.data, self.encoder, self.seed, self.device = clip, data, encoder, seed, device
+        self.root, self.categories, self.provenance, self.save_dtype = root, categories, provenance, save_dtype
+        self.encode_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
+        self.num_examples = len(data.triplets)
+        self.wrapper = RawEncoder(clip.model)
+        self.forward_module = self.wrapper
+        width = max(len(c) for c in data.captions)
+        padded = [c + [c[-1]] * (width - len(c)) for c in data.captions]
+        self.tokens = clip.tokenize([c for row in padded for c in row]).view(len(padded), width, -1)  # (T, V, L)
+        self.n_variants = torch.tensor([len(c) for c in data.captions])
+        self.image_cache = None
+        self.val_image_cache: dict = {}
+        if encoder == "text":  # frozen image tower: encode every training image once
+            self.image_cache = encode_names(clip, data.image_names, data.path_of.__getitem__,
+                                            desc="train images", **self.encode_kwargs)
+
+    def trainable(self):
+        return self.wrapper
+
+    def train_mode(self):
+        self.clip.model.eval()  # BatchNorm statistics stay frozen, dropout off: as the original
+
+    def _images(self, names):
+        if self.image_cache is not None:
+            return torch.stack([self.image_cache[n] for n in names]).to(self.device), None
+        pixels = torch.stack([self.clip.preprocess(open_image(self.data.path_of[n])) for n in names])
+        return None, pixels.to(self.device)
+
+    def loss(self, rows, step):
+        variant = sample_variants(self.n_variants[rows], self.seed, step)  # (B,)
+        tokens = self.tokens[rows, variant].to(self.device)  # (B, L)
+        refs = [self.data.triplets[r].reference for r in rows.tolist()]
+        tgts = [self.data.triplets[r].target for r in rows.tolist()]
+        ref_feats, ref_pixels = self._images(refs)
+        tgt_feats, tgt_pixels = self._images(tgts)
+        if ref_pixels is not None:
+            both, text = self.forward_module(torch.cat([ref_pixels, tgt_pixels]), tokens)
+            ref_feats, tgt_feats = both.split(len(rows))
+        else:
+            _, text = self.forward_module(None, tokens)
+        predicted = F.normalize(ref_feats + text, dim=-1)  # (B, D)
+        logits = 100 * predicted @ F.normalize(tgt_feats, dim=-1).T  # (B, B)
+        return F.cross_entropy(logits, torch.arange(len(rows), device=logits.device))
+
+    @torch.no_grad()
+    def validate(self):
+        self.clip.model.eval()
+        reuse = self.encoder == "text"
+        sets = []
+        for ds in load_eval_splits(self.root, "val", self.categories):
+            qs = build_query_set(self.clip, ds, image_feats=self.val_image_cache if reuse else None,
+                                 **self.encode_kwargs)
+            if reuse:
+                self.val_image_cache.update(zip(qs.gallery_names, qs.gallery_feats))
+                self.val_image_cache.update((t.reference, f) for t, f in zip(qs.triplets, qs.ref_feats))
+            sets.append(qs)
+        per_set = {qs.name: score_query_set(qs, SumComposer(), device=self.device) for qs in sets}
+        summary = summarise(sets[0].dataset, per_set)
+        return summary["selection"], summary
+
+    def save_best(self, path: Path, provenance: dict):
+        save_checkpoint(path, clip=self.clip, dtype=self.save_dtype,
+                        provenance={**self.provenance, **provenance, "stage": 1, "encoder": self.encoder})

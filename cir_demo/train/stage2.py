@@ -1,0 +1,62 @@
+"""Stage 2: train the Combiner on frozen CLIP features, cached once.
+
+The original re-encodes every batch with CLIP under ``no_grad``; CLIP is frozen and in eval
+mode, so its features are the same every epoch and caching them changes no number while
+making an epoch orders of magnitude cheaper (``benchmarks/stage2_cache_bench.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from cir_demo.evaluate import build_query_set, load_eval_splits, score_query_set, summarise
+from cir_demo.model.checkpoint import save_checkpoint
+from cir_demo.model.clip import ClipModel
+from cir_demo.model.combiner import Combiner
+from cir_demo.model.composers import CombinerComposer
+from cir_demo.train.data import CachedTriplets, sample_variants
+from cir_demo.train.loop import Task
+
+log = logging.getLogger(__name__)
+
+
+class Stage2Task(Task):
+    def __init__(self, clip: ClipModel, combiner: Combiner, cache: CachedTriplets, val_sets, *, seed: int,
+                 device: str, provenance: dict, save_dtype=None):
+        self.clip, self.combiner, self.cache, self.val_sets = clip, combiner.to(device), cache, val_sets
+        self.seed, self.device, self.provenance, self.save_dtype = seed, device, provenance, save_dtype
+        self.num_examples = cache.ref.shape[0]
+        self.forward_module = self.combiner
+
+    def trainable(self):
+        return self.combiner
+
+    def loss(self, rows, step):
+        variant = sample_variants(self.cache.n_variants[rows], self.seed, step)  # (B,)
+        ref = self.cache.ref[rows].to(self.device)  # (B, D)
+        text = self.cache.text[rows, variant].to(self.device)  # (B, D)
+        target = self.cache.target[rows].to(self.device)  # (B, D)
+        logits = self.forward_module(ref, text, target)  # (B, B)
+        return F.cross_entropy(logits, torch.arange(len(rows), device=logits.device))
+
+    @torch.no_grad()
+    def validate(self):
+        self.combiner.eval()
+        composer = CombinerComposer(self.combiner)
+        per_set = {qs.name: score_query_set(qs, composer, device=self.device) for qs in self.val_sets}
+        summary = summarise(self.val_sets[0].dataset, per_set)
+        return summary["selection"], summary
+
+    def save_best(self, path: Path, provenance: dict):
+        save_checkpoint(path, combiner=self.combiner, dtype=self.save_dtype,
+                        provenance={**self.provenance, **provenance, "stage": 2})
+
+
+def build_val_sets(clip: ClipModel, root, categories, *, batch_size: int, num_workers: int, progress: bool,
+                   split: str = "val"):
+    return [build_query_set(clip, ds, batch_size=batch_size, num_workers=num_workers, progress=progress)
+            for ds in load_eval_splits(root, split, categories)]
