@@ -14,6 +14,11 @@ from typing import Optional, Sequence
 
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS = {
+    "synth": ("cir_demo.data.synth", "generate the built-in synthetic CIR world (FashionIQ / CIRR layouts)"),
+    "train": ("cir_demo.train.cli", "train: clip-pretrain (small CLIP from scratch), stage1, stage2"),
+    "eval": ("cir_demo.commands.eval", "the paper's evaluation protocol for any composer"),
+    "index": ("cir_demo.commands.index", "encode a dataset split or an image folder into a gallery index"),
+    "bench": ("cir_demo.commands.bench", "serving benchmarks: latency, top-k vs FAISS, indexing, memory"),
     "info": ("cir_demo.commands.info", "describe a checkpoint (ours or official) or an open_clip model"),
 }
 
@@ -27,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
-        module.add_arguments(command)
+        (getattr(module, "add_arguments", None) or module.add_synth_arguments)(command)
         command.set_defaults(_module=module_name)
     return parser
 
@@ -38,7 +43,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(args._module)
     try:
-        result = module.run(args)
+        result = (getattr(module, "run", None) or module.run_synth)(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,42 @@
+"""``index``: encode a dataset split or an image folder into a gallery index."""
+
+from __future__ import annotations
+
+import sys
+
+
+def add_arguments(parser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="a FashionIQ or CIRR folder")
+    source.add_argument("--images", help="any folder of images (indexed recursively)")
+    parser.add_argument("--split", default="val", help="dataset split (default val)")
+    parser.add_argument("--category", default=None, help="FashionIQ category")
+    parser.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    parser.add_argument("--clip", required=True, help="CLIP weights: our checkpoint, an official .pt, a file or a tag")
+    parser.add_argument("--clip-model", default="RN50x4", help="open_clip name for tags and plain files")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args) -> int:
+    import json
+
+    import torch
+
+    from cir_demo.data.datasets import open_dataset
+    from cir_demo.indexing import command_line, index_dataset, index_folder
+    from cir_demo.model import load_clip
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    clip = load_clip(args.clip_model, args.clip, device=device)  # fp32 weights; autocast fp16 on CUDA
+    kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": not args.no_progress,
+              "rebuild_command": command_line(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else [])}
+    if args.data:
+        index = index_dataset(clip, open_dataset(args.data, args.split, args.category), args.out, **kwargs)
+    else:
+        index = index_folder(clip, args.images, args.out, **kwargs)
+    print(json.dumps({"index": str(index.path), "count": index.count, "dim": index.dim,
+                      "model_fingerprint": index.fingerprint}))
+    return 0

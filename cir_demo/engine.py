@@ -1,0 +1,250 @@
+"""The retrieval engine: a CLIP model, its composers and resident galleries -> ranked hits.
+
+Per query it answers the ranked top K with scores, lambda, a per-stage timing breakdown,
+and optionally the rank of a given image (even beyond K) and the ranking of a subset (CIRR's
+group). Gallery references reuse their stored features (never re-encoded); caption features
+are cached (LRU); the gallery stays normalised on the device. Knows no UI and no training.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+from PIL import Image
+
+from cir_demo.encode import encode_pil_images
+from cir_demo.index import Gallery, GalleryIndex, IndexMismatchError, rebuild_hint
+from cir_demo.model.clip import ClipModel
+from cir_demo.model.combiner import Combiner
+from cir_demo.model.composers import COMPOSER_NAMES, Composer, make_composer
+from cir_demo.model.text_fast import make_text_tower, resolve_text_dtype
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_CAPTION_CHARS = 1000  # longer input is cut before tokenising (CLIP sees 77 tokens anyway)
+
+
+class QueryError(ValueError):
+    """A query the engine cannot answer; the message is fit to show a user."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    name: str
+    score: float
+
+
+@dataclass
+class SearchResult:
+    hits: list[Hit]
+    composer: str
+    lam: Optional[float] = None
+    timings_ms: dict = field(default_factory=dict)
+    target_rank: Optional[int] = None
+    subset: list[Hit] = field(default_factory=list)
+
+
+@dataclass
+class GalleryEntry:
+    gallery: Gallery
+    exclude_reference: bool           # CIRR protocol removes the reference; FashionIQ keeps it
+    dataset: object = None            # the CIRDataset it came from (triplets, image paths), if any
+
+
+class _Clock:
+    """Stage timings in ms; synchronises CUDA so each stage is charged its own work."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.times: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.times[stage] = self.times.get(stage, 0.0) + (now - self._last) * 1000
+        self._last = now
+
+    def total(self) -> dict:
+        self.times["total"] = (self._last - self._start) * 1000
+        return self.times
+
+
+class Engine:
+    """Serve composed queries over one or more named galleries."""
+
+    def __init__(self, clip: ClipModel, combiner: Optional[Combiner] = None, *, device: Optional[str] = None,
+                 text_precision: str = "auto", compose_precision: str = "auto", cuda_graphs: Optional[bool] = None,
+                 text_cache_size: int = 4096):
+        """``text_precision`` / ``compose_precision``: dtype of the caption tower and the Combiner
+        ("auto": fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; "fp32" reproduces the
+        evaluation's numbers exactly). ``cuda_graphs``: replay captured graphs for single
+        captions on CUDA (default on there). The image tower stays as loaded, so uploads match
+        indexed features."""
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.clip = clip.to(self.device)
+        self.clip.model.eval()
+        self.text_tower = make_text_tower(self.clip.model, self.device, text_precision, cuda_graphs)
+        compose_dtype = resolve_text_dtype(compose_precision, self.device)
+        self.combiner = (copy.deepcopy(combiner).to(self.device, compose_dtype).eval()
+                         if combiner is not None else None)
+        self.composers: dict[str, Composer] = {
+            name: make_composer(name, self.combiner) for name in COMPOSER_NAMES
+            if name != "combiner" or self.combiner is not None}
+        self.galleries: dict[str, GalleryEntry] = {}
+        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._text_cache_size = text_cache_size
+
+    def clear_caches(self) -> None:
+        """Forget cached caption features (e.g. between benchmark runs)."""
+        self._text_cache.clear()
+
+    # ---- galleries ------------------------------------------------------------------------
+    def add_gallery(self, name: str, index: GalleryIndex, *, exclude_reference: Optional[bool] = None,
+                    dataset=None, check_model: bool = True) -> GalleryEntry:
+        """Make an index searchable as ``name``; refuses an index built by another model."""
+        if check_model and index.fingerprint and index.fingerprint != self.clip.fingerprint():
+            raise IndexMismatchError(
+                f"gallery {name!r} was built by model {index.manifest.get('model_name')!r} "
+                f"(fingerprint {index.fingerprint}), not by the loaded {self.clip.name!r} "
+                f"({self.clip.fingerprint()}); {rebuild_hint(index.manifest)}")
+        if exclude_reference is None:
+            exclude_reference = index.manifest.get("dataset") == "cirr"
+        entry = GalleryEntry(Gallery.from_index(index, device=self.device), exclude_reference, dataset)
+        self.galleries[name] = entry
+        return entry
+
+    def entry(self, name: str) -> GalleryEntry:
+        try:
+            return self.galleries[name]
+        except KeyError:
+            raise QueryError(f"unknown gallery {name!r}; available: {', '.join(self.galleries) or 'none'}") from None
+
+    # ---- features -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def text_features(self, captions: Sequence[str]) -> torch.Tensor:
+        """Raw caption features (B, D) float32 on the device, through the LRU cache."""
+        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
+        if missing:
+            feats = self.text_tower(self.clip.tokenize(missing))  # (M, D) float32 on the device
+            for caption, feat in zip(missing, feats):
+                self._text_cache[caption] = feat
+        for caption in captions:
+            self._text_cache.move_to_end(caption)
+        while len(self._text_cache) > self._text_cache_size:
+            self._text_cache.popitem(last=False)
+        return torch.stack([self._text_cache[c] for c in captions])
+
+    @torch.inference_mode()
+    def image_features(self, image: Image.Image) -> torch.Tensor:
+        """Raw features (1, D) of an uploaded image (encoded now, never stored)."""
+        return encode_pil_images(self.clip, [image]).to(self.device)
+
+    def reference_features(self, entry: GalleryEntry, references: Sequence[str]) -> torch.Tensor:
+        try:
+            rows = entry.gallery.rows_of(references)
+        except KeyError as err:
+            raise QueryError(str(err.args[0])) from None
+        return entry.gallery.raw_features(rows).float()  # (B, D) stored, never re-encoded
+
+    # ---- search ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def search(self, gallery: str, *, reference: Union[str, Image.Image], caption: str, k: int = 50,
+               composer: str = "combiner", exclude_reference: Optional[bool] = None,
+               target: Optional[str] = None, subset: Optional[Sequence[str]] = None) -> SearchResult:
+        """One composed query. ``reference``: a gallery image name or an uploaded PIL image."""
+        entry, comp = self.entry(gallery), self._composer(composer)
+        k = self._check_k(k, len(entry.gallery))
+        caption = self._check_caption(caption, comp)
+        clock = _Clock(self.device)
+        text = self.text_features([caption]) if comp.needs_text else None
+        clock.lap("text")
+        ref_name = reference if isinstance(reference, str) else None
+        if ref_name is not None:
+            image = self.reference_features(entry, [ref_name])  # also checks the name exists
+        elif isinstance(reference, Image.Image):
+            image = self.image_features(reference) if comp.needs_image else None
+        else:
+            raise QueryError("the reference must be a gallery image name or an image")
+        clock.lap("image")
+        composition = comp.compose(image, text)
+        query = composition.features[0].float()  # (D,)
+        clock.lap("compose")
+        exclude = entry.exclude_reference if exclude_reference is None else exclude_reference
+        excl_row = entry.gallery.rows_of([ref_name]) if exclude and ref_name is not None else None
+        scores, rows = entry.gallery.topk(query[None], k, exclude_rows=excl_row)
+        scores, rows = scores[0].tolist(), rows[0].tolist()
+        clock.lap("search")
+        result = SearchResult(
+            hits=[Hit(i + 1, entry.gallery.names[r], s) for i, (r, s) in enumerate(zip(rows, scores))],
+            composer=comp.name, lam=float(composition.lam[0]) if composition.lam is not None else None)
+        if target is not None:
+            result.target_rank = self._target_rank(entry, query, target, excl_row)
+        if subset:
+            members = [m for m in subset if m != ref_name]
+            sub_rows, sub_scores = entry.gallery.subset_ranking(query, entry.gallery.rows_of(members))
+            result.subset = [Hit(i + 1, entry.gallery.names[r], s)
+                             for i, (r, s) in enumerate(zip(sub_rows.tolist(), sub_scores.tolist()))]
+        clock.lap("extras")
+        result.timings_ms = clock.total()
+        return result
+
+    def compare(self, gallery: str, *, reference: Union[str, Image.Image], caption: str, k: int = 50,
+                composers: Optional[Sequence[str]] = None, **kwargs) -> dict[str, SearchResult]:
+        """The same query under several composers (features computed once, then cached)."""
+        return {name: self.search(gallery, reference=reference, caption=caption, k=k, composer=name, **kwargs)
+                for name in (composers or list(self.composers))}
+
+    @torch.inference_mode()
+    def search_batch(self, gallery: str, references: Sequence[str], captions: Sequence[str], *, k: int = 50,
+                     composer: str = "combiner", exclude_reference: Optional[bool] = None):
+        """Many gallery-reference queries at once: (scores (Q, k), names [Q][k])."""
+        if len(references) != len(captions):
+            raise QueryError("references and captions must have the same length")
+        entry, comp = self.entry(gallery), self._composer(composer)
+        k = self._check_k(k, len(entry.gallery))
+        image = self.reference_features(entry, references)
+        text = self.text_features([self._check_caption(c, comp) for c in captions])
+        queries = comp(image, text).float()  # (Q, D)
+        exclude = entry.exclude_reference if exclude_reference is None else exclude_reference
+        excl = entry.gallery.rows_of(references) if exclude else None
+        scores, rows = entry.gallery.topk(queries, k, exclude_rows=excl)
+        names = [[entry.gallery.names[r] for r in row] for row in rows.tolist()]
+        return scores.cpu(), names
+
+    # ---- checks ---------------------------------------------------------------------------
+    def _composer(self, name: str) -> Composer:
+        if name not in self.composers:
+            hint = " (no Combiner loaded)" if name == "combiner" else ""
+            raise QueryError(f"unknown composer {name!r}{hint}; available: {', '.join(self.composers)}")
+        return self.composers[name]
+
+    @staticmethod
+    def _check_k(k, size: int) -> int:
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise QueryError(f"K must be a whole number from 1 to {MAX_K}, got {k!r}")
+        return min(k, size)
+
+    @staticmethod
+    def _check_caption(caption, composer: Composer) -> str:
+        caption = (caption or "").strip() if isinstance(caption, str) or caption is None else None
+        if caption is None:
+            raise QueryError("the caption must be text")
+        if not caption and composer.needs_text:
+            raise QueryError("please write how the wanted image differs from the reference")
+        return caption[:MAX_CAPTION_CHARS]
+
+    def _target_rank(self, entry: GalleryEntry, query: torch.Tensor, target: str, excl_row) -> Optional[int]:
+        target_row = entry.gallery.row_of.get(target)
+        if target_row is None or (excl_row is not None and int(excl_row[0]) == target_row):
+            return None
+        return int(entry.gallery.rank_of(query[None], entry.gallery.rows_of([target]), exclude_rows=excl_row)[0])

@@ -1,0 +1,65 @@
+"""Build gallery indexes: read images -> encode with CLIP -> write the index artifact.
+
+A dataset split (FashionIQ category or CIRR) or any folder of images becomes an index
+folder (see ``cir_demo.index.store``) whose manifest records the model fingerprint, so a
+later load with another model is refused with the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from pathlib import Path
+from typing import Optional, Sequence
+
+from cir_demo.data.datasets import CIRDataset
+from cir_demo.encode import encode_image_files
+from cir_demo.index import GalleryIndex, load_index, save_index
+from cir_demo.model.clip import ClipModel
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def index_manifest(clip: ClipModel, **extra) -> dict:
+    """The manifest fields that tie an index to the model that made it."""
+    return {"model_fingerprint": clip.fingerprint(), "model_name": clip.name, "model_source": clip.source,
+            "preprocess": clip.preprocess.describe(), **extra}
+
+
+def build_index(clip: ClipModel, names: Sequence[str], paths: Sequence[Path], out: str | Path, *,
+                batch_size: int = 64, num_workers: int = 0, progress: bool = True, **manifest) -> GalleryIndex:
+    """Encode ``paths`` (row-aligned with ``names``) and write the index folder ``out``."""
+    feats = encode_image_files(clip, list(paths), batch_size=batch_size, num_workers=num_workers,
+                               progress=progress, desc="indexing")
+    save_index(out, feats, list(names), index_manifest(clip, **manifest))
+    return load_index(out, clip.fingerprint())
+
+
+def index_dataset(clip: ClipModel, ds: CIRDataset, out: str | Path, *, rebuild_command: Optional[str] = None,
+                  **kwargs) -> GalleryIndex:
+    """Index a dataset split's gallery (FashionIQ: the category's split images; CIRR: all)."""
+    paths = [ds.image_path(n) for n in ds.image_names]
+    return build_index(clip, ds.image_names, paths, out, dataset=ds.dataset, split=ds.split,
+                       category=ds.category, image_root=str(ds.root), rebuild_command=rebuild_command, **kwargs)
+
+
+def folder_images(folder: str | Path) -> tuple[list[str], list[Path]]:
+    """(names, paths) of every image under ``folder``; names are relative paths, '/'-separated."""
+    folder = Path(folder)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return [p.relative_to(folder).as_posix() for p in paths], paths
+
+
+def index_folder(clip: ClipModel, folder: str | Path, out: str | Path, *, rebuild_command: Optional[str] = None,
+                 **kwargs) -> GalleryIndex:
+    names, paths = folder_images(folder)
+    return build_index(clip, names, paths, out, dataset=None, image_root=str(Path(folder).resolve()),
+                       rebuild_command=rebuild_command, **kwargs)
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return "python -m cir_demo " + " ".join(shlex.quote(a) for a in argv)
