@@ -8,8 +8,12 @@ import sys
 
 
 def main() -> int:
-    print("cir_demo: the Gradio app is not built yet.\n"
-          "What works today: python -m cir_demo --help (model core, checkpoints, synthetic world).")
+    print("cir_demo: the Gradio demo is not built yet (it comes next, on the engine).\n"
+          "What works today, offline, with the bundled weights:\n"
+          "  .venv/bin/python -m cir_demo --help\n"
+          "  .venv/bin/python -m cir_demo synth --out data/world\n"
+          "  .venv/bin/python -m cir_demo eval --data data/world/fashioniq "
+          "--clip weights/fashioniq.safetensors --combiner weights/fashioniq.safetensors")
     return 0
 
 
