@@ -7,6 +7,7 @@ preprocessed in DataLoader workers; encoding runs under ``no_grad`` with autocas
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union
@@ -31,9 +32,11 @@ class ImageReadError(ValueError):
 def open_image(path: Union[str, Path]) -> Image.Image:
     """Open and fully decode an image, turning decoder errors into ``ImageReadError``."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy() if not getattr(image, "is_animated", False) else _first_frame(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
+            with Image.open(path) as image:
+                image.load()
+                return image.copy() if not getattr(image, "is_animated", False) else _first_frame(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageReadError(f"cannot read image {path}: {err}") from None
 
