@@ -37,6 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple:
+    """Exceptions that describe bad input (files, data, models), not bugs."""
+    from cir_demo.data.datasets import DatasetError
+    from cir_demo.encode import ImageReadError
+    from cir_demo.engine import QueryError
+    from cir_demo.index import IndexFormatError, IndexMismatchError
+    from cir_demo.model import CheckpointError, WeightsUnavailableError
+
+    return (DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError, CheckpointError,
+            WeightsUnavailableError, FileNotFoundError, FileExistsError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -47,4 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except user_errors() as err:  # bad input: say what is wrong, no traceback (-v shows one)
+        if args.verbose:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return int(result or 0) if isinstance(result, int) else 0

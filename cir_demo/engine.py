@@ -135,35 +135,45 @@ class Engine:
         """Raw caption features (B, D) float32 on the device, through the LRU cache."""
         missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
         if missing:
-            feats = self.text_tower(self.clip.tokenize(missing))  # (M, D) float32 on the device
+            feats = torch.cat([self.text_tower(self.clip.tokenize(missing[i:i + 256]))  # (M, D) float32
+                               for i in range(0, len(missing), 256)])
             for caption, feat in zip(missing, feats):
                 self._text_cache[caption] = feat
         for caption in captions:
             self._text_cache.move_to_end(caption)
+        out = torch.stack([self._text_cache[c] for c in captions])  # read before evicting
         while len(self._text_cache) > self._text_cache_size:
             self._text_cache.popitem(last=False)
-        return torch.stack([self._text_cache[c] for c in captions])
+        return out
 
     @torch.inference_mode()
     def image_features(self, image: Image.Image) -> torch.Tensor:
         """Raw features (1, D) of an uploaded image (encoded now, never stored)."""
         return encode_pil_images(self.clip, [image]).to(self.device)
 
-    def reference_features(self, entry: GalleryEntry, references: Sequence[str]) -> torch.Tensor:
+    @staticmethod
+    def rows_of(entry: GalleryEntry, names: Sequence[str]) -> torch.Tensor:
         try:
-            rows = entry.gallery.rows_of(references)
+            return entry.gallery.rows_of(names)
         except KeyError as err:
             raise QueryError(str(err.args[0])) from None
-        return entry.gallery.raw_features(rows).float()  # (B, D) stored, never re-encoded
+
+    def reference_features(self, entry: GalleryEntry, references: Sequence[str]) -> torch.Tensor:
+        return entry.gallery.raw_features(self.rows_of(entry, references)).float()  # (B, D) stored, not re-encoded
 
     # ---- search ---------------------------------------------------------------------------
     @torch.inference_mode()
     def search(self, gallery: str, *, reference: Union[str, Image.Image], caption: str, k: int = 50,
                composer: str = "combiner", exclude_reference: Optional[bool] = None,
-               target: Optional[str] = None, subset: Optional[Sequence[str]] = None) -> SearchResult:
-        """One composed query. ``reference``: a gallery image name or an uploaded PIL image."""
+               target: Optional[str] = None, subset: Optional[Sequence[str]] = None,
+               upload_features: Optional[torch.Tensor] = None) -> SearchResult:
+        """One composed query. ``reference``: a gallery image name or an uploaded PIL image
+        (``upload_features``, from ``image_features``, skips re-encoding the same upload)."""
         entry, comp = self.entry(gallery), self._composer(composer)
         k = self._check_k(k, len(entry.gallery))
+        exclude = entry.exclude_reference if exclude_reference is None else exclude_reference
+        if exclude and isinstance(reference, str) and len(entry.gallery) < 2:
+            raise QueryError("this gallery holds only the reference image itself")
         caption = self._check_caption(caption, comp)
         clock = _Clock(self.device)
         text = self.text_features([caption]) if comp.needs_text else None
@@ -172,15 +182,16 @@ class Engine:
         if ref_name is not None:
             image = self.reference_features(entry, [ref_name])  # also checks the name exists
         elif isinstance(reference, Image.Image):
-            image = self.image_features(reference) if comp.needs_image else None
+            if upload_features is None and comp.needs_image:
+                upload_features = self.image_features(reference)
+            image = upload_features if comp.needs_image else None
         else:
             raise QueryError("the reference must be a gallery image name or an image")
         clock.lap("image")
         composition = comp.compose(image, text)
         query = composition.features[0].float()  # (D,)
         clock.lap("compose")
-        exclude = entry.exclude_reference if exclude_reference is None else exclude_reference
-        excl_row = entry.gallery.rows_of([ref_name]) if exclude and ref_name is not None else None
+        excl_row = self.rows_of(entry, [ref_name]) if exclude and ref_name is not None else None
         scores, rows = entry.gallery.topk(query[None], k, exclude_rows=excl_row)
         scores, rows = scores[0].tolist(), rows[0].tolist()
         clock.lap("search")
@@ -191,7 +202,7 @@ class Engine:
             result.target_rank = self._target_rank(entry, query, target, excl_row)
         if subset:
             members = [m for m in subset if m != ref_name]
-            sub_rows, sub_scores = entry.gallery.subset_ranking(query, entry.gallery.rows_of(members))
+            sub_rows, sub_scores = entry.gallery.subset_ranking(query, self.rows_of(entry, members))
             result.subset = [Hit(i + 1, entry.gallery.names[r], s)
                              for i, (r, s) in enumerate(zip(sub_rows.tolist(), sub_scores.tolist()))]
         clock.lap("extras")
@@ -200,7 +211,9 @@ class Engine:
 
     def compare(self, gallery: str, *, reference: Union[str, Image.Image], caption: str, k: int = 50,
                 composers: Optional[Sequence[str]] = None, **kwargs) -> dict[str, SearchResult]:
-        """The same query under several composers (features computed once, then cached)."""
+        """The same query under several composers (an upload is encoded once, captions are cached)."""
+        if isinstance(reference, Image.Image) and "upload_features" not in kwargs:
+            kwargs["upload_features"] = self.image_features(reference)
         return {name: self.search(gallery, reference=reference, caption=caption, k=k, composer=name, **kwargs)
                 for name in (composers or list(self.composers))}
 
@@ -216,7 +229,7 @@ class Engine:
         text = self.text_features([self._check_caption(c, comp) for c in captions])
         queries = comp(image, text).float()  # (Q, D)
         exclude = entry.exclude_reference if exclude_reference is None else exclude_reference
-        excl = entry.gallery.rows_of(references) if exclude else None
+        excl = self.rows_of(entry, references) if exclude else None
         scores, rows = entry.gallery.topk(queries, k, exclude_rows=excl)
         names = [[entry.gallery.names[r] for r in row] for row in rows.tolist()]
         return scores.cpu(), names

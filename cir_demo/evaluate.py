@@ -119,13 +119,18 @@ def evaluate(clip: ClipModel, composers: Mapping[str, Composer], root: str | Pat
     return results
 
 
-def cirr_test_submission(clip: ClipModel, composer: Composer, root: str | Path, out_dir: str | Path, *,
-                         name: str, split: str = "test1", device: str = "cpu", **encode_kwargs) -> list[Path]:
-    """Write the two CIRR test-server files for ``composer``; returns their paths."""
+def cirr_test_submission(clip: ClipModel, composers: Mapping[str, Composer], root: str | Path,
+                         out_dir: str | Path, *, split: str = "test1", device: str = "cpu",
+                         **encode_kwargs) -> list[Path]:
+    """Write the two CIRR test-server files per composer (the split is encoded once)."""
     ds, = load_eval_splits(root, split)
     qs = build_query_set(clip, ds, **encode_kwargs)
-    queries = compose_queries(composer, qs.ref_feats, qs.text_feats, device=device)
-    recall, subset = metrics.cirr_submission(
-        queries, F.normalize(qs.gallery_feats.to(device), dim=-1), qs.gallery_names,
-        [t.reference for t in qs.triplets], [t.pair_id for t in qs.triplets], [t.group for t in qs.triplets])
-    return metrics.write_submission(out_dir, name, recall, subset)
+    gallery = F.normalize(qs.gallery_feats.to(device), dim=-1)
+    refs, pair_ids, groups = ([t.reference for t in qs.triplets], [t.pair_id for t in qs.triplets],
+                              [t.group for t in qs.triplets])
+    files = []
+    for name, composer in composers.items():
+        queries = compose_queries(composer, qs.ref_feats, qs.text_feats, device=device)
+        recall, subset = metrics.cirr_submission(queries, gallery, qs.gallery_names, refs, pair_ids, groups)
+        files += metrics.write_submission(out_dir, name, recall, subset)
+    return files

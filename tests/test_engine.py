@@ -168,9 +168,33 @@ def test_unknown_gallery(engine):
 def test_cuda_graphed_text_tower_matches_eager(clip):
     gpu = torch.device("cuda")
     model = load_clip("cir-tiny").model.to(gpu).eval()
-    graphed = make_text_tower(model, gpu, "fp32", cuda_graphs=True)
-    eager = make_text_tower(model, gpu, "fp32", cuda_graphs=False)
-    for caption in ["red", "is darker and has orange lettering", "make the background blue " * 3]:
-        tokens = clip.tokenize([caption])
-        assert torch.allclose(graphed(tokens), eager(tokens), atol=1e-4)
-    assert graphed._graphs and all(entry[2] is not None for entry in graphed._graphs.values())
+    for precision, atol in (("fp32", 1e-4), ("fp16", 2e-2)):
+        graphed = make_text_tower(model, gpu, precision, cuda_graphs=True)
+        eager = make_text_tower(model, gpu, precision, cuda_graphs=False)
+        assert graphed._graphs and all(entry[2] is not None for entry in graphed._graphs.values())
+        for caption in ["red", "is darker and has orange lettering", "make the background blue " * 3]:
+            tokens = clip.tokenize([caption])
+            assert torch.allclose(graphed(tokens), eager(tokens), atol=atol)
+
+
+def test_small_caption_cache_and_batches_larger_than_it(clip, combiner, engine):
+    small = Engine(clip, combiner, device="cpu", text_precision="fp32", compose_precision="fp32",
+                   text_cache_size=2)
+    small.galleries = engine.galleries
+    scores, names = small.search_batch("g", ["img001", "img002", "img003"], ["a dog", "a cat", "a cow"], k=4)
+    assert len(names) == 3 and len(small._text_cache) == 2
+
+
+def test_unknown_subset_member_is_a_query_error(engine):
+    with pytest.raises(QueryError, match="unknown gallery image name 'ghost'"):
+        engine.search("g", reference="img001", caption="x", subset=["img002", "ghost"])
+
+
+def test_compare_encodes_an_upload_once(engine, monkeypatch):
+    calls = []
+    real = engine.image_features
+    monkeypatch.setattr(engine, "image_features", lambda image: calls.append(1) or real(image))
+    upload = Image.new("RGB", (40, 50), (200, 30, 30))
+    results = engine.compare("g", reference=upload, caption="make it blue", k=5)
+    assert set(results) == {"combiner", "sum", "image", "text"} and len(calls) == 1
+    assert results["combiner"].lam is not None and results["sum"].lam is None

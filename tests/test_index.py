@@ -67,7 +67,7 @@ def test_topk_with_exclusion_including_k_n_minus_1(gallery, data):
     exclude = torch.tensor([0, 1, 2, -1, 5, n - 1])  # queries 0-2 would rank their own row first
     for k in (10, n - 1, n + 5):
         scores, rows = gallery.topk(queries, k, exclude_rows=exclude)
-        assert rows.shape == (6, n - 1) if k >= n - 1 else (6, k)
+        assert rows.shape == ((6, n - 1) if k >= n - 1 else (6, k))
         for q in range(6):
             order, sims = brute_order(raw, queries[q], int(exclude[q]))
             assert int(exclude[q]) not in rows[q].tolist()

@@ -147,3 +147,66 @@ def test_two_process_gloo_ddp_gives_identical_parameters(world, clip_file, tmp_p
     assert len(checksums) == 1 and len(checksums[0]) == 2
     assert checksums[0][0] == checksums[0][1]
     assert any(r["event"] == "step" for r in records)
+
+
+def test_resume_when_max_steps_lands_on_an_epoch_end(world, clip_file, tmp_path):
+    # 48 triplets / batch 8 = 6 batches per epoch: stop exactly at the end of epoch 1
+    common = ["stage2", "--data", world / "fashioniq", "--clip", clip_file, "--epochs", "2", "--batch-size", "8",
+              "--lr", "1e-3", "--seed", "2"]
+    train(*common, "--out", tmp_path / "full")
+    train(*common, "--out", tmp_path / "cut", "--max-steps", "6")
+    state = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)
+    assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (1, 6, 0)
+    assert (tmp_path / "cut" / "best.safetensors").is_file()  # the finished epoch was validated
+    train(*common, "--out", tmp_path / "cut", "--resume")
+    full = torch.load(tmp_path / "full" / STATE_FILE, weights_only=True)
+    cut = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)
+    assert cut["step"] == full["step"] == 12
+    for key, value in full["model"].items():
+        assert torch.allclose(cut["model"][key], value, atol=1e-6), key
+    with pytest.raises(ValueError, match="cannot resume"):
+        train(*common[:-2], "--seed", "3", "--out", tmp_path / "cut", "--resume", "--epochs", "3")
+
+
+def test_sample_variants_is_uniform_and_deterministic():
+    from cir_demo.train.data import sample_variants
+
+    n_var = torch.tensor([4] * 1000 + [1] * 10)
+    picks = torch.cat([sample_variants(n_var, seed=0, step=s) for s in range(20)]).view(20, -1)
+    four = picks[:, :1000].flatten()
+    counts = torch.bincount(four, minlength=4).float() / four.numel()
+    assert counts.max() - counts.min() < 0.02 and four.max() == 3
+    assert (picks[:, 1000:] == 0).all()
+    assert torch.equal(sample_variants(n_var, 0, 5), sample_variants(n_var, 0, 5))
+
+
+def test_stage1_loss_is_the_papers_and_clip_stays_in_eval_mode(world, clip_file):
+    import torch.nn.functional as F
+
+    from cir_demo.train.data import load_train_triplets, sample_variants
+    from cir_demo.train.stage1 import Stage1Task, freeze_for
+
+    clip = load_clip("x", str(clip_file))
+    freeze_for(clip, "text")
+    data = load_train_triplets(world / "fashioniq")
+    task = Stage1Task(clip, data, "text", root=world / "fashioniq", categories=None, seed=0, device="cpu",
+                      provenance={}, progress=False)
+    clip.model.train()
+    task.train_mode()
+    assert not any(m.training for m in clip.model.modules())  # BatchNorm statistics would stay frozen
+    rows = torch.tensor([0, 3, 7, 11])
+    loss = task.loss(rows, step=2)
+    variant = sample_variants(task.n_variants[rows], 0, 2)
+    with torch.no_grad():
+        captions = [data.captions[r][v] for r, v in zip(rows.tolist(), variant.tolist())]
+        ref = torch.stack([task.image_cache[data.triplets[r].reference] for r in rows.tolist()])
+        tgt = torch.stack([task.image_cache[data.triplets[r].target] for r in rows.tolist()])
+        logits = 100 * F.normalize(ref + clip.encode_text(captions), dim=-1) @ F.normalize(tgt, dim=-1).T
+        expected = F.cross_entropy(logits, torch.arange(4))
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert not next(clip.model.visual.parameters()).requires_grad
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path), "--clip", str(tmp_path / "none.safetensors")]) == 2
+    assert "error:" in capsys.readouterr().err

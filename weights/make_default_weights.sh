@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Remakes the bundled default weights from nothing, offline, on CPU (about 25 minutes on 2 cores):
+# Remakes the bundled default weights from nothing, offline, on CPU (about 15 minutes on 2 cores):
 # synthetic world -> small CLIP from scratch -> stage 1 (text encoder) -> stage 2 (Combiner),
 # once for the FashionIQ-layout world and once for the CIRR-layout world.
 set -euo pipefail

@@ -39,9 +39,8 @@ def run(args) -> int:
     kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": not args.no_progress}
     if args.split == "test1":
         out = Path(args.submission_dir or "submission")
-        files = [str(p) for n, c in composers.items()
-                 for p in cirr_test_submission(clip, c, args.data, out, name=n, device=device, **kwargs)]
-        print(json.dumps({"submission_files": files}))
+        files = cirr_test_submission(clip, composers, args.data, out, device=device, **kwargs)
+        print(json.dumps({"submission_files": [str(f) for f in files]}))
         return 0
     results = evaluate(clip, composers, args.data, split=args.split, categories=args.categories, device=device,
                        **kwargs)

@@ -220,8 +220,11 @@ def load_clip_weights_file(path: PathLike, model_name: Optional[str], *,
     if not path.is_file():
         raise CheckpointError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as handle:
-            ours = METADATA_KEY in (handle.metadata() or {})
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                ours = METADATA_KEY in (handle.metadata() or {})
+        except Exception as err:  # safetensors raises its own error types for bad headers
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
         if ours:
             clip = _load_ours(path).clip
             if clip is None:

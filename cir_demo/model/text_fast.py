@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from typing import Optional
 
 import torch
@@ -69,8 +70,20 @@ class TextTower(nn.Module):
             self.register_buffer("attn_mask", model.attn_mask.clone(), persistent=False)
             self.text_pool_type = model.text_pool_type
             self.to(dtype)
+            self.requires_grad_(False)  # serving only
         self.cuda_graphs = cuda_graphs and self.full is None
         self._graphs: dict[int, tuple] = {}
+        self._lock = threading.Lock()  # one set of static buffers per bucket: one replay at a time
+
+    def capture_graphs(self) -> None:
+        """Capture every length bucket now (at start-up), not lazily while serving other requests."""
+        if not (self.cuda_graphs and self.positional_embedding.device.type == "cuda"):
+            return
+        context = self.positional_embedding.shape[0]
+        with self._lock:
+            for bucket in GRAPH_BUCKETS:
+                if bucket <= context and bucket not in self._graphs:
+                    self._graphs[bucket] = _capture(self, bucket)
 
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -86,29 +99,31 @@ class TextTower(nn.Module):
         return encode_fixed_length(self, tokens[:, :length].to(device)).float()
 
     def _graphed(self, length: int, context: int):
-        bucket = next((b for b in GRAPH_BUCKETS if b >= length and b <= context), None)
-        if bucket is None:
-            return None
-        if bucket not in self._graphs:
-            self._graphs[bucket] = _capture(self, bucket)
+        bucket = next((b for b in GRAPH_BUCKETS if length <= b <= context), None)
+        if bucket is None or self._graphs.get(bucket, (None, None, None))[2] is None:
+            return None  # not captured (see capture_graphs) or capture failed: eager
         static_in, static_out, graph = self._graphs[bucket]
-        if graph is None:
-            return None
 
         def run(tokens: torch.Tensor) -> torch.Tensor:
-            static_in.zero_()  # padding after the EOT: invisible to the causal EOT output
-            static_in[:, :length].copy_(tokens[:, :length], non_blocking=True)
-            graph.replay()
-            return static_out.float().clone()
+            with self._lock:
+                static_in.zero_()  # padding after the EOT: invisible to the causal EOT output
+                static_in[:, :length].copy_(tokens[:, :length], non_blocking=True)
+                graph.replay()
+                return static_out.float().clone()
 
         return run
 
 
 def _capture(tower: TextTower, bucket: int):
     """Capture one batch-1 graph of ``bucket`` positions; (inputs, outputs, graph or None)."""
+    with torch.inference_mode():
+        return _capture_inference(tower, bucket)
+
+
+def _capture_inference(tower: TextTower, bucket: int):
     device = tower.positional_embedding.device
     static_in = torch.zeros(1, bucket, dtype=torch.long, device=device)
-    static_in[0, 0], static_in[0, 1] = 49406, 49407  # start, end: a valid empty caption
+    static_in[0, 1] = tower.token_embedding.num_embeddings - 1  # any valid ids; the largest marks the EOT
     try:
         stream = torch.cuda.Stream(device)
         stream.wait_stream(torch.cuda.current_stream(device))
@@ -145,4 +160,6 @@ def make_text_tower(model: nn.Module, device: torch.device, precision: str = "au
                     cuda_graphs: Optional[bool] = None) -> TextTower:
     dtype = resolve_text_dtype(precision, device)
     graphs = device.type == "cuda" if cuda_graphs is None else cuda_graphs
-    return TextTower(model, dtype=dtype, cuda_graphs=graphs).to(device)
+    tower = TextTower(model, dtype=dtype, cuda_graphs=graphs).to(device)
+    tower.capture_graphs()
+    return tower

@@ -17,7 +17,7 @@ _DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="stage", metavar="stage", required=True)
     pre = sub.add_parser("clip-pretrain", help="contrastive training of a small CLIP from scratch")
-    _common(pre, epochs=20, batch=128, lr=5e-4)
+    _common(pre, epochs=20, batch=128, lr=5e-4, several=True)
     pre.add_argument("--model", default="cir-tiny", help="open_clip model name (random init)")
     pre.add_argument("--weight-decay", type=float, default=0.1)
     s1 = sub.add_parser("stage1", help="fine-tune CLIP with the normalised element-wise sum")
@@ -34,8 +34,11 @@ def add_arguments(parser) -> None:
     s2.add_argument("--hidden-dim", type=int, default=None, help="default 8 x CLIP dim")
 
 
-def _common(p, *, epochs: int, batch: int, lr: float) -> None:
-    p.add_argument("--data", required=True, nargs="+", help="dataset root(s): a FashionIQ or CIRR folder")
+def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> None:
+    if several:
+        p.add_argument("--data", required=True, nargs="+", help="dataset roots (FashionIQ and/or CIRR folders)")
+    else:
+        p.add_argument("--data", required=True, help="a FashionIQ or CIRR folder")
     p.add_argument("--out", required=True, help="run folder: best.safetensors, state.pt, metrics.jsonl")
     p.add_argument("--categories", nargs="+", default=None, help="FashionIQ categories (default: all)")
     p.add_argument("--epochs", type=int, default=epochs)
@@ -52,8 +55,8 @@ def _common(p, *, epochs: int, batch: int, lr: float) -> None:
 
 
 def _clip_source(p) -> None:
-    p.add_argument("--clip", default="weights/cir-tiny-clip.safetensors",
-                   help="CLIP weights: our checkpoint, an official .pt, a file, or a tag with --clip-model")
+    p.add_argument("--clip", required=True,
+                   help="CLIP weights: our checkpoint, an official .pt, a file, or a tag (e.g. openai) with --clip-model")
     p.add_argument("--clip-model", default="RN50x4", help="open_clip model name (for tags and plain files)")
 
 
@@ -61,9 +64,13 @@ def run(args) -> int:
     import torch
 
     from cir_demo.train import stages
+    from cir_demo.train.loop import distributed
 
+    rank, world = distributed()  # before anything touches a GPU: each rank gets its own device
     torch.manual_seed(args.seed)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device == "cuda" and world > 1:
+        args.device = f"cuda:{torch.cuda.current_device()}"
     args.save_dtype = getattr(torch, _DTYPES[args.save_dtype]) if _DTYPES[args.save_dtype] else None
     result = {"clip-pretrain": stages.run_pretrain, "stage1": stages.run_stage1,
               "stage2": stages.run_stage2}[args.stage](args)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -100,79 +99,98 @@ class JsonlLog:
                 handle.write(json.dumps(record, default=float) + "\n")
 
 
-def _save_state(path: Path, task: Task, optimizer, scaler, epoch: int, step: int, batch_in_epoch: int,
-                best: float) -> None:
+def _save_state(path: Path, task: Task, optimizer, scaler, cfg: LoopConfig, epoch: int, step: int,
+                batch_in_epoch: int, best: float, world: int) -> None:
     state = {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "best": best,
              "model": task.trainable().state_dict(), "optimizer": optimizer.state_dict(),
              "scaler": scaler.state_dict() if scaler is not None else {},
-             "torch_rng": torch.get_rng_state()}
+             "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+             # the batch position only means something for the same order of the same batches
+             "order": {"seed": cfg.seed, "batch_size": cfg.batch_size, "world": world, "drop_last": cfg.drop_last}}
     atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _restore_state(path: Path, task: Task, optimizer, scaler, cfg: LoopConfig, world: int) -> tuple:
+    state = safe_torch_load(path)
+    order = {"seed": cfg.seed, "batch_size": cfg.batch_size, "world": world, "drop_last": cfg.drop_last}
+    if state.get("order", order) != order:
+        raise ValueError(f"cannot resume {path}: it was saved with {state['order']}, this run has {order}; "
+                         f"use the same --seed, --batch-size and number of processes, or a new --out")
+    task.trainable().load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state["scaler"]:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    log.info("resumed from %s at epoch %d, step %d", path, state["epoch"], state["step"])
+    return state["epoch"], state["step"], state["batch_in_epoch"], state["best"]
 
 
 def fit(task: Task, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> dict:
     """Train; returns {"step", "epoch", "best", "seconds"}. Rank 0 writes files."""
     rank, world = distributed()
     out = Path(cfg.out_dir)
+    resuming = cfg.resume and (out / STATE_FILE).is_file()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
+        if not resuming and (out / LOG_FILE).exists():
+            (out / LOG_FILE).unlink()  # a fresh run starts a fresh log
     logbook = JsonlLog(out / LOG_FILE, rank == 0)
     module = task.trainable()
     ddp = torch.nn.parallel.DistributedDataParallel(module) if world > 1 else None
     use_amp = cfg.amp and torch.device(cfg.device).type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
-    epoch, step, skip, best = 0, 0, 0, -math.inf
-    if cfg.resume and (out / STATE_FILE).is_file():
-        state = safe_torch_load(out / STATE_FILE)
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        epoch, step, skip, best = state["epoch"], state["step"], state["batch_in_epoch"], state["best"]
-        log.info("resumed from %s at epoch %d, step %d", out / STATE_FILE, epoch, step)
+    epoch, step, skip, best = 0, 0, 0, None
+    if resuming:
+        epoch, step, skip, best = _restore_state(out / STATE_FILE, task, optimizer, scaler, cfg, world)
     start = time.perf_counter()
     task.forward_module = ddp or module
-    stopped = False
-    while epoch < cfg.epochs and not stopped:
+    save = (lambda e, b: _save_state(out / STATE_FILE, task, optimizer, scaler, cfg, e, step, b, best, world)) \
+        if rank == 0 else (lambda e, b: None)
+    while epoch < cfg.epochs and not _reached(cfg, step):
         batches = epoch_batches(task.num_examples, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
                                 world=world, drop_last=cfg.drop_last)
-        stopped, step, skip, loss_sum, n = _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip,
-                                                      logbook, rank, use_amp)
-        if stopped:
-            if rank == 0:
-                _save_state(out / STATE_FILE, task, optimizer, scaler, epoch, step, skip, best)
+        step, done, loss_sum, n = _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook,
+                                             rank, use_amp)
+        if done < len(batches):  # stopped by --max-steps inside the epoch: resumable from here
+            save(epoch, done)
             break
-        epoch += 1
+        epoch, skip = epoch + 1, 0
         record = {"event": "epoch", "epoch": epoch, "step": step, "train_loss": loss_sum / max(n, 1),
                   "seconds": time.perf_counter() - start}
-        if epoch % cfg.validate_every == 0 or epoch == cfg.epochs:
+        if epoch % cfg.validate_every == 0 or epoch == cfg.epochs or _reached(cfg, step):
             score, val = task.validate()
             record.update(val=val, score=score)
-            if score > best:
+            if best is None or score > best:
                 best = score
                 if rank == 0:
                     task.save_best(out / "best.safetensors", {"epoch": epoch, "step": step, "metrics": val})
                 record["best"] = True
         logbook.write(**record)
         log.info("epoch %d: loss %.4f score %s", epoch, record["train_loss"], record.get("score"))
-        if rank == 0:
-            _save_state(out / STATE_FILE, task, optimizer, scaler, epoch, step, 0, best)
-        skip = 0
-    _check_ranks_agree(module, logbook, rank, world)
+        save(epoch, 0)
+    _check_ranks_agree(module, logbook, rank, world, torch.device(cfg.device))
     return {"step": step, "epoch": epoch, "best": best, "seconds": time.perf_counter() - start}
 
 
+def _reached(cfg: LoopConfig, step: int) -> bool:
+    return cfg.max_steps is not None and step >= cfg.max_steps
+
+
 def _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook, rank, use_amp):
+    """Train on batches[skip:]; returns (step, batches done in this epoch, loss sum, count)."""
     bar = batches[skip:]
     if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(bar, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False)
-    loss_sum, n = 0.0, 0
-    for i, rows in enumerate(bar, start=skip):
-        if cfg.max_steps is not None and step >= cfg.max_steps:
-            return True, step, i, loss_sum, n
+    loss_sum, n, done = 0.0, 0, skip
+    for rows in bar:
+        if _reached(cfg, step):
+            break
         task.train_mode()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
@@ -184,22 +202,23 @@ def _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook
         else:
             loss.backward()
             optimizer.step()
-        step += 1
-        loss_sum, n = loss_sum + float(loss.detach()), n + 1
-        logbook.write(event="step", epoch=epoch, step=step, loss=float(loss.detach()))
+        step, done = step + 1, done + 1
+        value = float(loss.detach())
+        loss_sum, n = loss_sum + value, n + 1
+        logbook.write(event="step", epoch=epoch + 1, step=step, loss=value)
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(loss=f"{loss_sum / n:.4f}")
-    if cfg.max_steps is not None and step >= cfg.max_steps:
-        return True, step, len(batches), loss_sum, n
-    return False, step, 0, loss_sum, n
+    return step, done, loss_sum, n
 
 
-def _check_ranks_agree(module: torch.nn.Module, logbook: JsonlLog, rank: int, world: int) -> None:
+def _check_ranks_agree(module: torch.nn.Module, logbook: JsonlLog, rank: int, world: int,
+                       device: torch.device) -> None:
     """Under DDP, record every rank's parameter checksum: they must be identical."""
     if world == 1:
         return
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")  # NCCL gathers CUDA tensors only
     checksum = torch.tensor([sum(float(p.detach().double().sum()) for p in module.parameters())],
-                            dtype=torch.float64)
+                            dtype=torch.float64, device=on)
     gathered = [torch.zeros_like(checksum) for _ in range(world)]
     dist.all_gather(gathered, checksum)
     logbook.write(event="ddp", checksums=[float(g) for g in gathered])

@@ -26,7 +26,8 @@ def _encode_kwargs(args) -> dict:
 
 
 def _provenance(args, stage) -> dict:
-    return {"data": [str(d) for d in args.data], "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
+    data = args.data if isinstance(args.data, list) else [args.data]
+    return {"data": [str(d) for d in data], "seed": args.seed, "lr": args.lr, "batch_size": args.batch_size,
             "command": f"python -m cir_demo train {stage}"}
 
 
@@ -53,7 +54,7 @@ def run_stage1(args) -> dict:
     from cir_demo.train.data import load_train_triplets
     from cir_demo.train.stage1 import Stage1Task, freeze_for
 
-    data_root, = args.data
+    data_root = args.data
     clip = load_clip(args.clip_model, args.clip, device=args.device)
     if args.grad_checkpointing:
         clip.model.set_grad_checkpointing(True)
@@ -70,7 +71,7 @@ def run_stage2(args) -> dict:
     from cir_demo.train.data import cache_triplet_features, load_train_triplets
     from cir_demo.train.stage2 import Stage2Task, build_val_sets
 
-    data_root, = args.data
+    data_root = args.data
     clip = load_clip(args.clip_model, args.clip, device=args.device)
     for p in clip.model.parameters():
         p.requires_grad = False
