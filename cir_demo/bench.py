@@ -55,8 +55,11 @@ def peak_memory(device: torch.device) -> dict:
 
 
 def random_gallery(clip, size: int, seed: int = 0) -> GalleryIndex:
+    """Clustered random features (many near-duplicates, as image embeddings have), stored fp16."""
     gen = torch.Generator().manual_seed(seed)
-    feats = torch.randn(size, clip.feature_dim, generator=gen).half()  # (N, D)
+    centres = torch.randn(max(1, size // 100), clip.feature_dim, generator=gen)  # (C, D)
+    members = torch.randint(len(centres), (size,), generator=gen)
+    feats = (centres[members] + 0.8 * torch.randn(size, clip.feature_dim, generator=gen)).half()  # (N, D)
     return GalleryIndex(features=feats, names=[f"g{i}" for i in range(size)],
                         manifest=index_manifest(clip, dataset="bench"))
 
@@ -108,6 +111,27 @@ def bench_topk(engine: Engine, gallery: str, *, k: int, repeats: int, use_faiss:
     emit("topk", k=k, **record)
 
 
+def bench_approx(engine: Engine, gallery: str, *, k: int, repeats: int, emit: Callable) -> None:
+    """FAISS IVF (for galleries beyond a million): its recall@k against our exact search, and speed."""
+    from cir_demo.index import FaissGallery, recall_at_k_vs_exact
+
+    exact = engine.galleries[gallery].gallery
+    raw = exact.raw_features(torch.arange(len(exact), device=engine.device)).float().cpu()
+    start = time.perf_counter()
+    approx = FaissGallery(raw, exact.names, kind="ivf")
+    build_s = time.perf_counter() - start
+    gen = torch.Generator().manual_seed(1)
+    picks = torch.randint(len(exact), (100,), generator=gen)
+    # queries near gallery items (as composed queries are), not uniform noise
+    queries = torch.nn.functional.normalize(raw[picks] + 0.5 * torch.randn(100, exact.dim, generator=gen), dim=-1)
+    nlist = approx.index.nlist
+    for nprobe in sorted({max(1, nlist // 8), max(1, nlist // 4)}):
+        approx.index.nprobe = nprobe
+        recall = recall_at_k_vs_exact(approx, exact, queries.to(engine.device), k=k)
+        emit("approx_faiss_ivf", k=k, recall_at_k_vs_exact=round(recall, 4), build_s=round(build_s, 2),
+             nlist=nlist, nprobe=nprobe, **percentiles(timed(lambda: approx.topk(queries[:1], k), repeats)))
+
+
 def bench_indexing(clip, *, images: int, batch_size: int, num_workers: int, emit: Callable) -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,6 +165,8 @@ def run_bench(*, model: str = "RN50x4", pretrained: Optional[str] = None, device
         base["gallery"] = size
         bench_queries(engine, f"n{size}", queries=queries, k=k, emit=emit)
         bench_topk(engine, f"n{size}", k=k, repeats=max(queries, 20), use_faiss=use_faiss, emit=emit)
+        if use_faiss:
+            bench_approx(engine, f"n{size}", k=k, repeats=max(queries, 20), emit=emit)
         del engine.galleries[f"n{size}"]
     base.pop("gallery", None)
     if index_images:
