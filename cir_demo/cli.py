@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module_name, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
         module = importlib.import_module(module_name)
-        (getattr(module, "add_arguments", None) or module.add_synth_arguments)(command)
+        module.add_arguments(command)
         command.set_defaults(_module=module_name)
     return parser
 
@@ -55,7 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     module = importlib.import_module(args._module)
     try:
-        result = (getattr(module, "run", None) or module.run_synth)(args)
+        result = module.run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
