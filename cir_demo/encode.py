@@ -73,7 +73,7 @@ def encode_image_files(clip: ClipModel, paths: Sequence[Union[str, Path]], *, ba
         return out
     loader = DataLoader(ImageFiles(paths, clip.preprocess), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=clip.device.type == "cuda", persistent_workers=False)
-    for images, rows in _maybe_tqdm(loader, progress, desc, unit_scale=batch_size):
+    for images, rows in _maybe_tqdm(loader, progress, desc):
         with autocast_for(clip.device):
             feats = clip.encode_image(images.to(clip.device, non_blocking=True))  # (B, D)
         out[rows] = feats.float().cpu()
@@ -94,13 +94,13 @@ def encode_texts(clip: ClipModel, texts: Sequence[str], *, batch_size: int = 256
     """Raw text features (N, D) float32 on the CPU, row-aligned with ``texts``."""
     chunks = []
     starts = range(0, len(texts), batch_size)
-    for start in _maybe_tqdm(starts, progress, desc, unit_scale=batch_size):
+    for start in _maybe_tqdm(starts, progress, desc):
         with autocast_for(clip.device):
             chunks.append(clip.encode_text(list(texts[start:start + batch_size])).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, clip.feature_dim)
 
 
-def _maybe_tqdm(iterable, progress: bool, desc: str, unit_scale: int = 1):
+def _maybe_tqdm(iterable, progress: bool, desc: str):
     if not progress:
         return iterable
     from tqdm.auto import tqdm

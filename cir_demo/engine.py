@@ -179,8 +179,9 @@ class Engine:
         text = self.text_features([caption]) if comp.needs_text else None
         clock.lap("text")
         ref_name = reference if isinstance(reference, str) else None
-        if ref_name is not None:
-            image = self.reference_features(entry, [ref_name])  # also checks the name exists
+        ref_row = self.rows_of(entry, [ref_name]) if ref_name is not None else None  # checks the name
+        if ref_row is not None:
+            image = entry.gallery.raw_features(ref_row).float()  # (1, D) stored, never re-encoded
         elif isinstance(reference, Image.Image):
             if upload_features is None and comp.needs_image:
                 upload_features = self.image_features(reference)
@@ -191,7 +192,7 @@ class Engine:
         composition = comp.compose(image, text)
         query = composition.features[0].float()  # (D,)
         clock.lap("compose")
-        excl_row = self.rows_of(entry, [ref_name]) if exclude and ref_name is not None else None
+        excl_row = ref_row if exclude else None
         scores, rows = entry.gallery.topk(query[None], k, exclude_rows=excl_row)
         scores, rows = scores[0].tolist(), rows[0].tolist()
         clock.lap("search")

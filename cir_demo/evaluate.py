@@ -41,6 +41,13 @@ class QuerySet:
     def has_targets(self) -> bool:
         return all(t.target is not None for t in self.triplets)
 
+    def unit_gallery(self, device: str | torch.device) -> torch.Tensor:
+        """The normalised gallery (N, D) on ``device``, computed once per device."""
+        key = str(device)
+        if getattr(self, "_unit", (None, None))[0] != key:
+            self._unit = (key, F.normalize(self.gallery_feats.to(device), dim=-1))
+        return self._unit[1]
+
 
 def build_query_set(clip: ClipModel, ds: CIRDataset, *, image_feats: Optional[Mapping[str, torch.Tensor]] = None,
                     batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> QuerySet:
@@ -81,7 +88,7 @@ def score_query_set(qs: QuerySet, composer: Composer, *, device: str | torch.dev
     if not qs.has_targets:
         raise ValueError(f"{qs.name}: this split has no targets; use cirr_test_submission")
     queries = compose_queries(composer, qs.ref_feats, qs.text_feats, device=device)  # (Q, D)
-    gallery = F.normalize(qs.gallery_feats.to(device), dim=-1)  # (N, D)
+    gallery = qs.unit_gallery(device)  # (N, D)
     targets = [t.target for t in qs.triplets]
     if qs.dataset == "fashioniq":
         return metrics.fashioniq_recalls(queries, gallery, qs.gallery_names, targets)
@@ -99,6 +106,11 @@ def summarise(dataset: str, per_set: Mapping[str, dict]) -> dict:
     return {**dict(per_set), "selection": result["mean"]}
 
 
+def score_sets(sets: Sequence[QuerySet], composer: Composer, *, device: str | torch.device = "cpu") -> dict:
+    """One composer on every encoded split of a dataset, with averages and the selection score."""
+    return summarise(sets[0].dataset, {qs.name: score_query_set(qs, composer, device=device) for qs in sets})
+
+
 def load_eval_splits(root: str | Path, split: str, categories: Optional[Sequence[str]] = None) -> list[CIRDataset]:
     """The split's datasets: the FashionIQ categories asked for (default all), or the CIRR split."""
     if detect_layout(root) == "cirr":
@@ -112,11 +124,7 @@ def evaluate(clip: ClipModel, composers: Mapping[str, Composer], root: str | Pat
     """{composer name: summary} on a dataset split; every composer sees the same features."""
     sets = [build_query_set(clip, ds, batch_size=batch_size, num_workers=num_workers, progress=progress)
             for ds in load_eval_splits(root, split, categories)]
-    results = {}
-    for name, composer in composers.items():
-        per_set = {qs.name: score_query_set(qs, composer, device=device) for qs in sets}
-        results[name] = summarise(sets[0].dataset, per_set)
-    return results
+    return {name: score_sets(sets, composer, device=device) for name, composer in composers.items()}
 
 
 def cirr_test_submission(clip: ClipModel, composers: Mapping[str, Composer], root: str | Path,
@@ -125,7 +133,7 @@ def cirr_test_submission(clip: ClipModel, composers: Mapping[str, Composer], roo
     """Write the two CIRR test-server files per composer (the split is encoded once)."""
     ds, = load_eval_splits(root, split)
     qs = build_query_set(clip, ds, **encode_kwargs)
-    gallery = F.normalize(qs.gallery_feats.to(device), dim=-1)
+    gallery = qs.unit_gallery(device)
     refs, pair_ids, groups = ([t.reference for t in qs.triplets], [t.pair_id for t in qs.triplets],
                               [t.group for t in qs.triplets])
     files = []

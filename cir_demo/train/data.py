@@ -54,6 +54,14 @@ def sample_variants(n_variants: torch.Tensor, seed: int, step: int) -> torch.Ten
     return (torch.rand(n_variants.shape[0], generator=gen) * n_variants).long()  # (B,)
 
 
+def flat_variants(captions: list[list[str]]) -> tuple[list[str], int, torch.Tensor]:
+    """Every triplet's variants padded to the same count V (repeating its last one), flattened
+    row-major; returns (T * V captions, V, variants per triplet (T,))."""
+    width = max(len(c) for c in captions)
+    flat = [v for row in captions for v in row + [row[-1]] * (width - len(row))]
+    return flat, width, torch.tensor([len(c) for c in captions])
+
+
 @dataclass
 class CachedTriplets:
     """Stage 2's cache: every triplet's image features and ALL its caption variants, encoded once."""
@@ -68,11 +76,9 @@ def cache_triplet_features(clip: ClipModel, data: TrainTriplets, *, batch_size: 
                            progress: bool = True) -> CachedTriplets:
     feats = encode_names(clip, data.image_names, data.path_of.__getitem__, batch_size=batch_size,
                          num_workers=num_workers, progress=progress, desc="train images")
-    n_var = torch.tensor([len(c) for c in data.captions])
-    width = int(n_var.max())
-    padded = [c + [c[-1]] * (width - len(c)) for c in data.captions]
-    flat = encode_texts(clip, [c for row in padded for c in row], progress=progress, desc="train captions")
+    captions, width, n_var = flat_variants(data.captions)
+    flat = encode_texts(clip, captions, progress=progress, desc="train captions")
     return CachedTriplets(
         ref=torch.stack([feats[t.reference] for t in data.triplets]),
         target=torch.stack([feats[t.target] for t in data.triplets]),
-        text=flat.view(len(padded), width, -1), n_variants=n_var)
+        text=flat.view(len(data.captions), width, -1), n_variants=n_var)

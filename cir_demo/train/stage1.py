@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cir_demo.encode import encode_names, open_image
-from cir_demo.evaluate import build_query_set, load_eval_splits, score_query_set, summarise
+from cir_demo.evaluate import build_query_set, load_eval_splits, score_sets
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.composers import SumComposer
-from cir_demo.train.data import TrainTriplets, sample_variants
+from cir_demo.train.data import TrainTriplets, flat_variants, sample_variants
 from cir_demo.train.loop import Task
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,8 @@ class Stage1Task(Task):
         self.num_examples = len(data.triplets)
         self.wrapper = RawEncoder(clip.model)
         self.forward_module = self.wrapper
-        width = max(len(c) for c in data.captions)
-        padded = [c + [c[-1]] * (width - len(c)) for c in data.captions]
-        self.tokens = clip.tokenize([c for row in padded for c in row]).view(len(padded), width, -1)  # (T, V, L)
-        self.n_variants = torch.tensor([len(c) for c in data.captions])
+        flat, width, self.n_variants = flat_variants(data.captions)
+        self.tokens = clip.tokenize(flat).view(len(data.captions), width, -1)  # (T, V, L)
         self.image_cache = None
         self.val_image_cache: dict = {}
         if encoder == "text":  # frozen image tower: encode every training image once
@@ -112,8 +110,7 @@ class Stage1Task(Task):
                 self.val_image_cache.update(zip(qs.gallery_names, qs.gallery_feats))
                 self.val_image_cache.update((t.reference, f) for t, f in zip(qs.triplets, qs.ref_feats))
             sets.append(qs)
-        per_set = {qs.name: score_query_set(qs, SumComposer(), device=self.device) for qs in sets}
-        summary = summarise(sets[0].dataset, per_set)
+        summary = score_sets(sets, SumComposer(), device=self.device)
         return summary["selection"], summary
 
     def save_best(self, path: Path, provenance: dict):

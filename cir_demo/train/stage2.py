@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cir_demo.evaluate import build_query_set, load_eval_splits, score_query_set, summarise
+from cir_demo.evaluate import build_query_set, load_eval_splits, score_sets
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner
@@ -47,8 +47,7 @@ class Stage2Task(Task):
     def validate(self):
         self.combiner.eval()
         composer = CombinerComposer(self.combiner)
-        per_set = {qs.name: score_query_set(qs, composer, device=self.device) for qs in self.val_sets}
-        summary = summarise(self.val_sets[0].dataset, per_set)
+        summary = score_sets(self.val_sets, composer, device=self.device)
         return summary["selection"], summary
 
     def save_best(self, path: Path, provenance: dict):
