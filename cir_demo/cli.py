@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 # name -> (module, one-line help). Order is the order shown by --help.
 COMMANDS = {
-    "synth": ("cir_demo.data.synth", "generate the built-in synthetic CIR world (FashionIQ / CIRR layouts)"),
-    "train": ("cir_demo.train.cli", "train: clip-pretrain (small CLIP from scratch), stage1, stage2"),
+    "synth": ("cir_demo.commands.synth", "generate the built-in synthetic CIR world (FashionIQ / CIRR layouts)"),
+    "train": ("cir_demo.commands.train", "train: clip-pretrain (small CLIP from scratch), stage1, stage2"),
     "eval": ("cir_demo.commands.eval", "the paper's evaluation protocol for any composer"),
     "index": ("cir_demo.commands.index", "encode a dataset split or an image folder into a gallery index"),
     "bench": ("cir_demo.commands.bench", "serving benchmarks: latency, top-k vs FAISS, indexing, memory"),
@@ -40,10 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 def user_errors() -> tuple:
     """Exceptions that describe bad input (files, data, models), not bugs."""
     from cir_demo.data.datasets import DatasetError
-    from cir_demo.encode import ImageReadError
-    from cir_demo.engine import QueryError
     from cir_demo.index import IndexFormatError, IndexMismatchError
     from cir_demo.model import CheckpointError, WeightsUnavailableError
+    from cir_demo.pipeline.encode import ImageReadError
+    from cir_demo.serve.engine import QueryError
 
     return (DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError, CheckpointError,
             WeightsUnavailableError, FileNotFoundError, FileExistsError)

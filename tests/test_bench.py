@@ -2,7 +2,7 @@
 
 import json
 
-from cir_demo.bench import run_bench
+from cir_demo.bench.serving import run_bench
 
 
 def test_bench_prints_every_measurement_as_json():

@@ -5,7 +5,7 @@ import pytest
 
 from cir_demo.config import WEIGHTS_DIR
 from cir_demo.data.synth import generate_world
-from cir_demo.evaluate import evaluate
+from cir_demo.eval.protocol import evaluate
 from cir_demo.model import COMPOSER_NAMES, load_checkpoint, make_composer
 
 

@@ -1,6 +1,5 @@
 """Checkpoints: ours round-trips, official CLIP4Cir files load, arbitrary pickles are refused."""
 
-import json
 import os
 import pickle
 
@@ -8,7 +7,14 @@ import open_clip
 import pytest
 import torch
 
-from cir_demo.model import CheckpointError, Combiner, load_checkpoint, load_clip, read_checkpoint_config, save_checkpoint
+from cir_demo.model import (
+    CheckpointError,
+    Combiner,
+    load_checkpoint,
+    load_clip,
+    read_checkpoint_config,
+    save_checkpoint,
+)
 from cir_demo.model.clip import ClipModel, model_config_for
 
 

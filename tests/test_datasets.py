@@ -8,8 +8,16 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cir_demo.data.datasets import (FASHIONIQ_CATEGORIES, CIRDataset, DatasetError, UnknownImageError, detect_layout,
-                                    load_cirr, load_fashioniq, open_dataset)
+from cir_demo.data.datasets import (
+    FASHIONIQ_CATEGORIES,
+    CIRDataset,
+    DatasetError,
+    UnknownImageError,
+    detect_layout,
+    load_cirr,
+    load_fashioniq,
+    open_dataset,
+)
 from cir_demo.data.records import Triplet, fashioniq_caption_variants, fashioniq_val_caption, query_captions
 from cir_demo.data.validate import validate_layout
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cir_demo.encode import ImageReadError, open_image
+from cir_demo.pipeline.encode import ImageReadError, open_image
 
 
 def test_truncated_and_non_image_files_are_named(tmp_path):

@@ -5,11 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from cir_demo.engine import Engine, QueryError
-from cir_demo.index import GalleryIndex, IndexMismatchError, load_index, save_index
-from cir_demo.indexing import index_folder, index_manifest
+from cir_demo.index import IndexMismatchError, load_index, save_index
 from cir_demo.model import Combiner, load_clip
-from cir_demo.model.text_fast import encode_text_truncated, make_text_tower
+from cir_demo.pipeline.indexing import index_folder, index_manifest
+from cir_demo.serve.engine import Engine, QueryError
+from cir_demo.serve.text_tower import encode_text_truncated, make_text_tower
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import torch
 
 from cir_demo.data.datasets import load_cirr
 from cir_demo.data.synth import generate_world
-from cir_demo.evaluate import cirr_test_submission
+from cir_demo.eval.submission import cirr_test_submission
 from cir_demo.model import load_clip, make_composer
 
 

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from cir_demo import topk as K
-from cir_demo.index import (FaissGallery, Gallery, IndexFormatError, IndexMismatchError, load_index,
-                            recall_at_k_vs_exact, resolve_dtype, save_index)
-from cir_demo.index import store
+from cir_demo.index import (
+    FaissGallery,
+    Gallery,
+    IndexFormatError,
+    IndexMismatchError,
+    load_index,
+    recall_at_k_vs_exact,
+    resolve_dtype,
+    save_index,
+    store,
+)
+from cir_demo.index import kernels as K
 
 DTYPES = ["fp32", "bf16", "fp16"]  # fp32: plain scan; bf16/fp16: low-precision scan + exact rescoring
 

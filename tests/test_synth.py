@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -10,8 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from cir_demo.cli import main as cli_main
 from cir_demo.data.datasets import FASHIONIQ_CATEGORIES, load_cirr, load_fashioniq
-from cir_demo.data.synth import add_synth_arguments, generate_world, run_synth, world
+from cir_demo.data.synth import generate_world, world
 from cir_demo.data.synth.captions import absolute_caption as garment_caption
 from cir_demo.data.synth.contact import make_contact_sheet
 from cir_demo.data.synth.fashion import CANVAS_HEIGHTS, CANVAS_WIDTHS, Garment, diff_units
@@ -180,15 +180,13 @@ def test_absolute_captions_exact():
 
 
 def test_cli_functions(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_synth_arguments(parser)
-    argv = ["--out", str(tmp_path), "--size", "tiny", "--flavour", "scenes", "--no-progress"]
-    assert run_synth(parser.parse_args(argv)) == 0
+    argv = ["synth", "--out", str(tmp_path), "--size", "tiny", "--flavour", "scenes", "--no-progress"]
+    assert cli_main(argv) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cirr"]
     assert f"{tmp_path / 'cirr'}: 48 images, 24 triplets" in capsys.readouterr().out
-    assert run_synth(parser.parse_args(argv)) == 2  # refuses to overwrite silently
+    assert cli_main(argv) == 2  # refuses to overwrite silently
     assert "already exists" in capsys.readouterr().err
-    assert run_synth(parser.parse_args(argv + ["--overwrite"])) == 0
+    assert cli_main(argv + ["--overwrite"]) == 0
     with pytest.raises(ValueError, match="unknown size"):
         generate_world(tmp_path / "x", size="huge")
 

@@ -100,7 +100,7 @@ def test_resume_continues_from_the_saved_step_exactly(world, clip_file, tmp_path
 
 def test_cached_features_equal_re_encoding_every_batch(world, clip_file):
     """The deviation from the original (cache once, not re-encode per batch) changes no number."""
-    from cir_demo.encode import open_image
+    from cir_demo.pipeline.encode import open_image
     from cir_demo.train.data import cache_triplet_features, load_train_triplets
 
     clip = load_clip("x", str(clip_file))

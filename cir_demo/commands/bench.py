@@ -17,11 +17,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import torch
+    from cir_demo.bench.serving import run_bench
+    from cir_demo.config.runtime import default_device
 
-    from cir_demo.bench import run_bench
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(default_device(args.device))
     run_bench(model=args.model, pretrained=args.clip, device=device, sizes=args.sizes, queries=args.queries,
               k=args.k, index_images=args.index_images, batch_size=args.batch_size, num_workers=args.num_workers,
               use_faiss=not args.no_faiss)

@@ -26,12 +26,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import torch
-
-    from cir_demo.evaluate import cirr_test_submission, evaluate
+    from cir_demo.config.runtime import default_device
+    from cir_demo.eval.protocol import evaluate
+    from cir_demo.eval.submission import cirr_test_submission
     from cir_demo.model import COMPOSER_NAMES, load_checkpoint, load_clip, make_composer
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(default_device(args.device))
     clip = load_clip(args.clip_model, args.clip, device=device)
     combiner = load_checkpoint(args.combiner, device=device).combiner if args.combiner else None
     names = args.composers or [n for n in COMPOSER_NAMES if n != "combiner" or combiner is not None]

@@ -23,13 +23,12 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
-    import torch
-
+    from cir_demo.config.runtime import default_device
     from cir_demo.data.datasets import open_dataset
-    from cir_demo.indexing import command_line, index_dataset, index_folder
     from cir_demo.model import load_clip
+    from cir_demo.pipeline.indexing import command_line, index_dataset, index_folder
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(default_device(args.device))
     clip = load_clip(args.clip_model, args.clip, device=device)  # fp32 weights; autocast fp16 on CUDA
     kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": not args.no_progress,
               "rebuild_command": command_line(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else [])}

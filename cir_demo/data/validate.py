@@ -11,8 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cir_demo.data.datasets import (ABSOLUTE_CAPTIONS, CIRR_SPLITS, FASHIONIQ_CATEGORIES, FASHIONIQ_SPLITS,
-                                    IMAGE_EXTENSIONS, DatasetError, DirectoryListing, read_json)
+from cir_demo.data.datasets import (
+    ABSOLUTE_CAPTIONS,
+    CIRR_SPLITS,
+    FASHIONIQ_CATEGORIES,
+    FASHIONIQ_SPLITS,
+    IMAGE_EXTENSIONS,
+    DatasetError,
+    DirectoryListing,
+    read_json,
+)
 
 CIRR_FOLDERS = {"train": "./train/", "val": "./dev/", "test1": "./test1/"}
 MAX_PER_FILE = 20  # beyond this a broken file would drown the others

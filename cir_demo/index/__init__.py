@@ -9,8 +9,15 @@
 
 from cir_demo.index.approx import FaissGallery, recall_at_k_vs_exact
 from cir_demo.index.gallery import Gallery, resolve_dtype
-from cir_demo.index.store import (FORMAT, GalleryIndex, IndexFormatError, IndexMismatchError,
-                                  load_index, rebuild_hint, save_index)
+from cir_demo.index.store import (
+                                  FORMAT,
+                                  GalleryIndex,
+                                  IndexFormatError,
+                                  IndexMismatchError,
+                                  load_index,
+                                  rebuild_hint,
+                                  save_index,
+)
 
 __all__ = ["FORMAT", "FaissGallery", "Gallery", "GalleryIndex", "IndexFormatError", "IndexMismatchError",
            "load_index", "rebuild_hint", "recall_at_k_vs_exact", "resolve_dtype", "save_index"]

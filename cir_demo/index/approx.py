@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cir_demo import topk as K
+from cir_demo.index import kernels as K
 from cir_demo.index.store import check_names
 
 logger = logging.getLogger(__name__)

@@ -3,9 +3,9 @@
 The gallery is normalised once at construction and kept on the device in a fast scan dtype
 (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), next to the raw fp16 features. A
 reduced-precision scan is followed by an exact fp32 rescoring of every row its error bound
-cannot rule out (see `cir_demo.topk`), so results equal fp32 search over the stored features.
+cannot rule out (see `cir_demo.index.kernels`), so results equal fp32 search over the stored features.
 Measured on 2 Xeon cores (AVX512-BF16), top-50 of 100k x 640, one query, p50: bf16 scan +
-rescore 8.2 ms, fp32 scan 11.1 ms, FAISS IndexFlatIP 23.1 ms (benchmarks/topk_bench.py).
+rescore 8.2 ms, fp32 scan 11.1 ms, FAISS IndexFlatIP 23.1 ms (cir_demo/bench/topk.py).
 """
 
 from __future__ import annotations
@@ -16,23 +16,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from cir_demo import topk as K
+from cir_demo.config.runtime import cpu_has_native_bf16, default_device, dtype_of
+from cir_demo.index import kernels as K
 from cir_demo.index.store import GalleryIndex, check_names
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 _RESCORE_ELEMS = 1 << 22  # gathered fp32 elements per rescoring step (16 MiB)
 # cuBLAS may reduce fp16 GEMMs with reduced-precision split-K partial sums; widen the bound.
 _CUDA_SAFETY = 4.0
 CPU_BF16_MIN_ROWS = 32_768
-
-
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def resolve_dtype(compute_dtype: str | torch.dtype, device: torch.device, n_rows: int = 0) -> torch.dtype:
@@ -44,11 +37,9 @@ def resolve_dtype(compute_dtype: str | torch.dtype, device: torch.device, n_rows
     if compute_dtype == "auto":
         if device.type == "cuda":
             return torch.float16
-        use_bf16 = device.type == "cpu" and n_rows >= CPU_BF16_MIN_ROWS and _cpu_has_bf16()
+        use_bf16 = device.type == "cpu" and n_rows >= CPU_BF16_MIN_ROWS and cpu_has_native_bf16()
         return torch.bfloat16 if use_bf16 else torch.float32
-    if compute_dtype not in _DTYPES:
-        raise ValueError(f"compute_dtype must be 'auto' or one of {sorted(_DTYPES)}, got {compute_dtype!r}")
-    return _DTYPES[compute_dtype]
+    return dtype_of(compute_dtype, "compute_dtype ('auto' or a precision)")
 
 
 class Gallery:
@@ -68,7 +59,7 @@ class Gallery:
         self.names = check_names(names, raw.shape[0])
         self.row_of = {name: i for i, name in enumerate(self.names)}
         self.manifest = dict(manifest or {})
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.compute_dtype = resolve_dtype(compute_dtype, self.device, raw.shape[0])
         self._raw = raw.detach().to(self.device, torch.float16).contiguous()  # (N, D) raw fp16
         if not bool(torch.isfinite(self._raw).all()):

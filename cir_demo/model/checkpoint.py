@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
@@ -24,7 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cir_demo.data.transforms import Preprocess
+from cir_demo.config.files import atomic_write
 from cir_demo.model.clip import ClipModel, build_model, model_config_for, openai_model_name
 from cir_demo.model.combiner import Combiner, combiner_dims_from_state_dict
 
@@ -49,24 +48,6 @@ class Checkpoint:
     clip: Optional[ClipModel] = None
     combiner: Optional[Combiner] = None
     config: dict = field(default_factory=dict)
-
-
-def atomic_write(path: PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def save_checkpoint(path: PathLike, *, clip: Optional[ClipModel] = None, combiner: Optional[Combiner] = None,
@@ -117,7 +98,7 @@ def load_checkpoint(path: PathLike, *, device: str = "cpu", model_name: Optional
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        ckpt = _load_ours(path)
+        ckpt = load_our_checkpoint(path)
     else:
         ckpt = _load_official(path, model_name)
     if ckpt.clip is not None:
@@ -127,7 +108,7 @@ def load_checkpoint(path: PathLike, *, device: str = "cpu", model_name: Optional
     return ckpt
 
 
-def _load_ours(path: Path) -> Checkpoint:
+def load_our_checkpoint(path: Path) -> Checkpoint:
     config = read_checkpoint_config(path)
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unsupported checkpoint format {config.get('format')!r} (expected {FORMAT})")
@@ -141,16 +122,16 @@ def _load_ours(path: Path) -> Checkpoint:
     if "clip" in config:
         spec = config["clip"]
         model = build_model(spec["model_config"])
-        _load_state(model, groups["clip"], path, "CLIP")
+        load_state_strict(model, groups["clip"], path, "CLIP")
         ckpt.clip = ClipModel(model, name=spec["model_name"], model_config=spec["model_config"],
                               preprocess=spec.get("preprocess", {}).get("mode", "targetpad"), source=str(path))
     if "combiner" in config:
         ckpt.combiner = Combiner(**config["combiner"])
-        _load_state(ckpt.combiner, groups["combiner"], path, "Combiner")
+        load_state_strict(ckpt.combiner, groups["combiner"], path, "Combiner")
     return ckpt
 
 
-def _load_state(module: torch.nn.Module, state_dict: dict, path: PathLike, what: str) -> None:
+def load_state_strict(module: torch.nn.Module, state_dict: dict, path: PathLike, what: str) -> None:
     state_dict = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETER_KEYS}
     try:
         module.load_state_dict(state_dict, strict=True)  # copy_ casts fp16 storage back to fp32
@@ -185,7 +166,7 @@ def _load_official(path: Path, model_name: Optional[str]) -> Checkpoint:
             ckpt.combiner = Combiner(**combiner_dims_from_state_dict(state))
         except ValueError as err:
             raise CheckpointError(f"{path}: {err}") from None
-        _load_state(ckpt.combiner, state, path, "Combiner")
+        load_state_strict(ckpt.combiner, state, path, "Combiner")
     return ckpt
 
 
@@ -206,50 +187,8 @@ def clip_from_state_dict(state_dict: dict, model_name: Optional[str], *, source:
     model_name = openai_model_name(model_name)
     config = model_config_for(model_name)
     model = build_model(config)
-    _load_state(model, state_dict, source, "CLIP")
+    load_state_strict(model, state_dict, source, "CLIP")
     return ClipModel(model, name=model_name, model_config=config, preprocess=preprocess, source=source)
-
-
-def load_clip_weights_file(path: PathLike, model_name: Optional[str], *,
-                           preprocess: Optional[str] = None) -> ClipModel:
-    """CLIP from a local file: our checkpoint, an official ``{"CLIP": ...}`` file, or plain weights.
-
-    ``preprocess`` None keeps what our checkpoint recorded (``targetpad`` for other files).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                ours = METADATA_KEY in (handle.metadata() or {})
-        except Exception as err:  # safetensors raises its own error types for bad headers
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-        if ours:
-            clip = _load_ours(path).clip
-            if clip is None:
-                raise CheckpointError(f"{path}: holds no CLIP weights (only a Combiner)")
-            if preprocess:
-                clip.preprocess = Preprocess(preprocess, clip.image_size)
-            return clip
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        payload = safe_torch_load(path)
-        if isinstance(payload, dict) and "CLIP" in payload:
-            return clip_from_state_dict(payload["CLIP"], model_name, source=str(path),
-                                        preprocess=preprocess or "targetpad")
-        state = payload.get("state_dict", payload) if isinstance(payload, dict) else payload
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    if model_name is None:
-        raise CheckpointError(f"{path}: plain weights need an open_clip model name")
-    config = model_config_for(model_name)
-    model = build_model(config)
-    _load_state(model, {k.removeprefix("module."): v for k, v in state.items()}, path, "CLIP")
-    return ClipModel(model, name=model_name, model_config=config, preprocess=preprocess or "targetpad",
-                     source=str(path))
 
 
 def bundle_checkpoint(clip_file: PathLike, combiner_file: PathLike, out: PathLike, *,

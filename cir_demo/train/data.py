@@ -11,9 +11,9 @@ import torch
 
 from cir_demo.data.datasets import CIRDataset
 from cir_demo.data.records import Triplet, query_captions
-from cir_demo.encode import encode_names, encode_texts
-from cir_demo.evaluate import load_eval_splits
+from cir_demo.eval.protocol import load_eval_splits
 from cir_demo.model.clip import ClipModel
+from cir_demo.pipeline.encode import encode_names, encode_texts
 
 log = logging.getLogger(__name__)
 

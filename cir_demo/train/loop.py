@@ -18,7 +18,8 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from cir_demo.model.checkpoint import atomic_write, safe_torch_load
+from cir_demo.config.files import atomic_write
+from cir_demo.model.checkpoint import safe_torch_load
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cir_demo.data.datasets import CIRDataset
-from cir_demo.encode import ImageFiles
-from cir_demo.evaluate import load_eval_splits
+from cir_demo.eval.protocol import load_eval_splits
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
-from cir_demo.train.stage1 import RawEncoder
+from cir_demo.pipeline.encode import ImageFiles
 from cir_demo.train.loop import Task
+from cir_demo.train.stage1 import RawEncoder
 
 log = logging.getLogger(__name__)
 

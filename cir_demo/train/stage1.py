@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cir_demo.encode import encode_names, open_image
-from cir_demo.evaluate import build_query_set, load_eval_splits, score_sets
+from cir_demo.eval.protocol import build_query_set, load_eval_splits, score_sets
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.composers import SumComposer
+from cir_demo.pipeline.encode import encode_names, open_image
 from cir_demo.train.data import TrainTriplets, flat_variants, sample_variants
 from cir_demo.train.loop import Task
 

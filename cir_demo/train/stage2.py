@@ -2,7 +2,7 @@
 
 The original re-encodes every batch with CLIP under ``no_grad``; CLIP is frozen and in eval
 mode, so its features are the same every epoch and caching them changes no number while
-making an epoch orders of magnitude cheaper (``benchmarks/stage2_cache_bench.py``).
+making an epoch orders of magnitude cheaper (``cir_demo/bench/stage2_cache.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cir_demo.evaluate import build_query_set, load_eval_splits, score_sets
+from cir_demo.eval.protocol import build_query_set, load_eval_splits, score_sets
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner

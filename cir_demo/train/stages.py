@@ -6,8 +6,8 @@ import logging
 
 import torch
 
-from cir_demo.model.clip import load_clip
 from cir_demo.model.combiner import Combiner
+from cir_demo.model.factory import load_clip
 from cir_demo.train.loop import LoopConfig, distributed, fit
 
 log = logging.getLogger(__name__)

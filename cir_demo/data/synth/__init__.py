@@ -34,11 +34,9 @@ and numpy versions: JPEG/PNG encoders and font rendering are part of the bytes).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -103,40 +101,3 @@ def generate_world(out_dir, *, seed: int = 0, size: str = "default", flavours=FL
         log.info("wrote %s (%d images)", final, len(jobs))
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
-
-
-def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``python -m cir_demo synth``."""
-    parser.add_argument("--out", required=True, type=Path, help="output folder (gets fashioniq/ and cirr/)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
-    parser.add_argument("--size", choices=("tiny", "small", "default"), default="default",
-                        help="tiny: tests; small: quick runs; default: training the built-in models")
-    parser.add_argument("--flavour", choices=("fashion", "scenes", "both"), default="both",
-                        help="fashion: FashionIQ layout; scenes: CIRR layout (default both)")
-    parser.add_argument("--workers", type=int, default=None, help="drawing processes (default: up to 2)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing generated datasets")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-
-
-def run_synth(args: argparse.Namespace) -> int:
-    """Run ``synth`` from parsed arguments; prints a one-line summary per dataset."""
-    flavours = FLAVOURS if args.flavour == "both" else (args.flavour,)
-    try:
-        summary = generate_world(args.out, seed=args.seed, size=args.size, flavours=flavours,
-                                 progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite)
-    except FileExistsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for dataset in ("fashioniq", "cirr"):
-        if dataset in summary:
-            counts = summary[dataset]
-            splits = counts.values() if dataset == "cirr" else [s for cat in counts.values() for s in cat.values()]
-            images, triplets = sum(s["images"] for s in splits), sum(s["triplets"] for s in splits)
-            print(f"{Path(args.out) / dataset}: {images} images, {triplets} triplets")
-    print(f"done in {summary['seconds']:.1f} s")
-    return 0
-
-
-# The CLI looks up ``add_arguments`` / ``run`` by convention; keep both spellings.
-add_arguments = add_synth_arguments
-run = run_synth

@@ -2,27 +2,23 @@
 
 Same data, same CLIP, same Combiner, same batches, in one run. Prints JSON lines.
 
-    .venv/bin/python benchmarks/stage2_cache_bench.py --data data/world/fashioniq --clip weights/fashioniq.safetensors
+    .venv/bin/python -m cir_demo.bench.stage2_cache --data data/world/fashioniq --clip weights/fashioniq.safetensors
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
-
-from cir_demo.encode import open_image  # noqa: E402
-from cir_demo.model import Combiner, load_clip  # noqa: E402
-from cir_demo.train.data import cache_triplet_features, load_train_triplets, sample_variants  # noqa: E402
-from cir_demo.train.loop import epoch_batches  # noqa: E402
+from cir_demo.model import Combiner, load_clip
+from cir_demo.pipeline.encode import open_image
+from cir_demo.train.data import cache_triplet_features, load_train_triplets, sample_variants
+from cir_demo.train.loop import epoch_batches
 
 
 class TripletImages(Dataset):

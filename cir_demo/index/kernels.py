@@ -3,7 +3,7 @@
 Two families live here:
 
 * plain kernels (`exact_topk`, `exact_ranks`) that score in the dtype they are given — used in
-  fp32 by `cir_demo.metrics` and by `Gallery` when it searches in fp32;
+  fp32 by `cir_demo.eval.metrics` and by `Gallery` when it searches in fp32;
 * a two-stage filter for reduced-precision search (`error_bound`, `filtered_topk`,
   `filtered_ranks`): score the whole gallery in bf16/fp16, keep every row that *could* be in the
   answer given a rigorous bound on the rounding error, and rescore only those rows in fp32. The

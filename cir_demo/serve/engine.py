@@ -18,12 +18,13 @@ from typing import Optional, Sequence, Union
 import torch
 from PIL import Image
 
-from cir_demo.encode import encode_pil_images
+from cir_demo.config.runtime import default_device
 from cir_demo.index import Gallery, GalleryIndex, IndexMismatchError, rebuild_hint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner
 from cir_demo.model.composers import COMPOSER_NAMES, Composer, make_composer
-from cir_demo.model.text_fast import make_text_tower, resolve_text_dtype
+from cir_demo.pipeline.encode import encode_pil_images
+from cir_demo.serve.text_tower import make_text_tower, resolve_text_dtype
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class Engine:
         evaluation's numbers exactly). ``cuda_graphs``: replay captured graphs for single
         captions on CUDA (default on there). The image tower stays as loaded, so uploads match
         indexed features."""
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = default_device(device)
         self.clip = clip.to(self.device)
         self.clip.model.eval()
         self.text_tower = make_text_tower(self.clip.model, self.device, text_precision, cuda_graphs)

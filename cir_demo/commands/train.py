@@ -11,7 +11,6 @@ import logging
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 
 
 def add_arguments(parser) -> None:
@@ -50,7 +49,7 @@ def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> 
     p.add_argument("--validate-every", type=int, default=1, help="epochs between validations")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for image decoding")
-    p.add_argument("--save-dtype", choices=tuple(_DTYPES), default="fp32", help="storage dtype of best weights")
+    p.add_argument("--save-dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="storage dtype of best weights")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -63,15 +62,16 @@ def _clip_source(p) -> None:
 def run(args) -> int:
     import torch
 
+    from cir_demo.config.runtime import default_device, dtype_of
     from cir_demo.train import stages
     from cir_demo.train.loop import distributed
 
     rank, world = distributed()  # before anything touches a GPU: each rank gets its own device
     torch.manual_seed(args.seed)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.device = str(default_device(args.device))
     if args.device == "cuda" and world > 1:
         args.device = f"cuda:{torch.cuda.current_device()}"
-    args.save_dtype = getattr(torch, _DTYPES[args.save_dtype]) if _DTYPES[args.save_dtype] else None
+    args.save_dtype = None if args.save_dtype == "fp32" else dtype_of(args.save_dtype)
     result = {"clip-pretrain": stages.run_pretrain, "stage1": stages.run_stage1,
               "stage2": stages.run_stage2}[args.stage](args)
     print(json.dumps(result, default=float))

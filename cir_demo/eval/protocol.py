@@ -2,7 +2,7 @@
 
 FashionIQ: per category, gallery = the category's split images, reference kept, R@10/R@50
 and their averages. CIRR: gallery = all split images, reference removed, R@1/5/10/50 and
-Recall_subset@1/2/3. CIRR test1 produces the two submission JSON files instead.
+Recall_subset@1/2/3. CIRR test1 produces the two submission JSON files instead (``cir_demo.eval.submission``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from typing import Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from cir_demo import metrics
 from cir_demo.data.datasets import FASHIONIQ_CATEGORIES, CIRDataset, detect_layout, load_cirr, load_fashioniq
 from cir_demo.data.records import Triplet, query_captions
-from cir_demo.encode import encode_names, encode_texts
+from cir_demo.eval import metrics
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.composers import Composer
+from cir_demo.pipeline.encode import encode_names, encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +125,3 @@ def evaluate(clip: ClipModel, composers: Mapping[str, Composer], root: str | Pat
     sets = [build_query_set(clip, ds, batch_size=batch_size, num_workers=num_workers, progress=progress)
             for ds in load_eval_splits(root, split, categories)]
     return {name: score_sets(sets, composer, device=device) for name, composer in composers.items()}
-
-
-def cirr_test_submission(clip: ClipModel, composers: Mapping[str, Composer], root: str | Path,
-                         out_dir: str | Path, *, split: str = "test1", device: str = "cpu",
-                         **encode_kwargs) -> list[Path]:
-    """Write the two CIRR test-server files per composer (the split is encoded once)."""
-    ds, = load_eval_splits(root, split)
-    qs = build_query_set(clip, ds, **encode_kwargs)
-    gallery = qs.unit_gallery(device)
-    refs, pair_ids, groups = ([t.reference for t in qs.triplets], [t.pair_id for t in qs.triplets],
-                              [t.group for t in qs.triplets])
-    files = []
-    for name, composer in composers.items():
-        queries = compose_queries(composer, qs.ref_feats, qs.text_feats, device=device)
-        recall, subset = metrics.cirr_submission(queries, gallery, qs.gallery_names, refs, pair_ids, groups)
-        files += metrics.write_submission(out_dir, name, recall, subset)
-    return files

@@ -16,18 +16,14 @@ Reference behaviour (CLIP4Cir `validate.py`, `cirr_test_submission.py`):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 import statistics
-import tempfile
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from cir_demo import topk as K
+from cir_demo.index import kernels as K
 
 logger = logging.getLogger(__name__)
 
@@ -171,30 +167,3 @@ def cirr_submission(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gall
             recall[key] = [gallery_names[r] for r in top[i]]
             subset[key] = [gallery_names[r] for r in ranked[i] if r >= 0][:subset_k]
     return recall, subset
-
-
-def write_submission(directory: str | os.PathLike, name: str, recall: Mapping[str, Any],
-                     subset: Mapping[str, Any]) -> tuple[Path, Path]:
-    """Write `recall_submission_<name>.json` and `recall_subset_submission_<name>.json` atomically.
-
-    Returns both paths. Each file is written to a temp file beside it, then renamed.
-    """
-    for data, metric in ((recall, "recall"), (subset, "recall_subset")):
-        if data.get("metric") != metric or "version" not in data:
-            raise ValueError(f"expected a submission dict with metric {metric!r} and a version")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = (directory / f"recall_submission_{name}.json", directory / f"recall_subset_submission_{name}.json")
-    for path, data in zip(paths, (recall, subset)):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(dict(data), f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    logger.info("wrote CIRR submission %s and %s", *paths)
-    return paths

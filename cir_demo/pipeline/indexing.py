@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from cir_demo.data.datasets import CIRDataset
-from cir_demo.encode import encode_image_files
 from cir_demo.index import GalleryIndex, load_index, save_index
 from cir_demo.model.clip import ClipModel
+from cir_demo.pipeline.encode import encode_image_files
 
 log = logging.getLogger(__name__)
 

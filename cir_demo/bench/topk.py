@@ -2,7 +2,7 @@
 
 Prints one JSON line per (N, method) and one with the ratios, p50 over --runs single queries:
 
-    python benchmarks/topk_bench.py [--sizes 10000 100000] [--dim 640] [--k 50] [--runs 30]
+    python -m cir_demo.bench.topk [--sizes 10000 100000] [--dim 640] [--k 50] [--runs 30]
 
 Features are synthetic CLIP-like vectors (a shared mean direction plus noise, so scores cluster
 as real image features do); queries are gallery rows perturbed, as composed queries are.

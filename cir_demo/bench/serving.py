@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cir_demo.engine import Engine
 from cir_demo.index import GalleryIndex
-from cir_demo.indexing import index_folder, index_manifest
 from cir_demo.model import Combiner, load_clip
+from cir_demo.pipeline.indexing import index_folder, index_manifest
+from cir_demo.serve.engine import Engine
 
 
 def percentiles(samples_ms: Sequence[float]) -> dict:

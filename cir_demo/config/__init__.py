@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_DIR = PACKAGE_DIR.parent
 WEIGHTS_DIR = PROJECT_DIR / "weights"
 MODEL_CONFIG_DIR = PACKAGE_DIR / "model_configs"

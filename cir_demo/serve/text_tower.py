@@ -21,6 +21,8 @@ from typing import Optional
 import torch
 from torch import nn
 
+from cir_demo.config.runtime import cpu_has_native_bf16, dtype_of
+
 log = logging.getLogger(__name__)
 
 _TEXT_PARTS = ("token_embedding", "positional_embedding", "transformer", "ln_final", "text_projection")
@@ -142,18 +144,11 @@ def _capture_inference(tower: TextTower, bucket: int):
 
 def resolve_text_dtype(precision: str, device: torch.device) -> torch.dtype:
     """"auto": fp16 on CUDA, bf16 on CPUs with native bf16 support, else fp32."""
-    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision != "auto":
-        if precision not in table:
-            raise ValueError(f"text precision must be auto, fp32, fp16 or bf16, got {precision!r}")
-        return table[precision]
+        return dtype_of(precision, "text precision ('auto' or a precision)")
     if device.type == "cuda":
         return torch.float16
-    try:
-        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        native = False
-    return torch.bfloat16 if native else torch.float32
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
 
 
 def make_text_tower(model: nn.Module, device: torch.device, precision: str = "auto",

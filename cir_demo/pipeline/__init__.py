@@ -1,0 +1,1 @@
+"""Model meets data: batch encoding of images and captions, and building gallery indexes."""
