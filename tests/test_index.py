@@ -118,8 +118,8 @@ def test_single_query_subset_and_stored_features(gallery, data):
 
 def test_bad_k_and_rows(gallery, data):
     queries = data[2]
-    for k in (0, -3):
-        with pytest.raises(ValueError):
+    for k in (0, -3, True, 2.5, "5", None):
+        with pytest.raises(ValueError, match="K must be a whole number"):
             gallery.topk(queries, k)
     with pytest.raises(IndexError):
         gallery.topk(queries[:1], 3, exclude_rows=[len(gallery)])
@@ -136,12 +136,24 @@ def test_scan_dtype_choice():
         resolve_dtype("int8", cpu)
 
 
-def test_low_precision_scan_error_within_bound(data):
-    raw, names, queries = data
-    gal = Gallery(raw, names, device="cpu", compute_dtype="bf16")
-    exact = gal.scores_of(queries, torch.arange(len(gal)))  # (Q, N)
-    err = (gal._scan(queries).float() - exact).abs().amax(dim=1)
-    assert bool((err <= gal._eps(queries)).all())
+@pytest.mark.parametrize("dim,dtype", [(2, "fp32"), (3, "fp32"), (8, "fp32"), (2, "bf16"), (2, "fp16"),
+                                       (640, "fp32"), (640, "bf16"), (640, "fp16")])
+def test_error_bound_covers_scan_and_rescorer(dim, dtype):
+    """The filter compares scan scores with rescored (canonical) scores, so its bound must cover
+    both errors. At small D the rounding terms (normalisation, fp32 rescoring) are as large as
+    the accumulation term, so a bound that leaves one out is exceeded here."""
+    g = torch.Generator().manual_seed(dim)
+    n = 20_000 if dim < 64 else 2_000
+    raw = (torch.randn(n, dim, generator=g) * 3).half()  # (N, D) not unit norm
+    queries = torch.nn.functional.normalize(torch.randn(16, dim, generator=g), dim=-1)  # (Q, D)
+    gal = Gallery(raw, [str(i) for i in range(n)], device="cpu", compute_dtype=dtype)
+    canonical = gal.scores_of(queries, torch.arange(n)).double()  # (Q, N)
+    scan = gal._scan(queries).double()  # (Q, N)
+    x = raw.double().numpy()
+    exact = torch.from_numpy(queries.double().numpy() @ (x / np.linalg.norm(x, axis=1, keepdims=True)).T)
+    eps = gal._eps(queries).double()[:, None]  # (Q, 1)
+    assert bool(((scan - canonical).abs() <= eps).all())
+    assert bool(((scan - exact).abs() + (canonical - exact).abs() <= eps).all())
 
 
 def test_query_blocking_changes_nothing(data, monkeypatch):
@@ -255,3 +267,34 @@ def test_faiss_recall_vs_exact(kind):
     assert recall_at_k_vs_exact(approx, exact, queries, k=50, exclude_rows=excl) >= 0.9
     _, rows = approx.topk(queries, 50, exclude_rows=excl)
     assert not bool((rows == excl[:, None]).any())
+
+
+def test_faiss_mixed_exclusions_with_unfilled_slots():
+    """IVF probing one small list leaves slots unfilled (row -1); some queries exclude a row that
+    FAISS returns, one excludes a row it does not return, the others exclude nothing (-1)."""
+    pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(2000, 16, generator=g)
+    names = [f"x{i}" for i in range(2000)]
+    queries = torch.nn.functional.normalize(feats[:6] + 0.1 * torch.randn(6, 16, generator=g), dim=-1)
+    approx = FaissGallery(feats, names, kind="ivf", nlist=64, nprobe=1)
+    k = 200  # far more than one probed list holds (~31 rows)
+    raw_scores, raw_rows = approx.index.search(queries.numpy(), k + 1)  # what topk post-processes
+    far = next(r for r in range(2000) if r not in raw_rows[3])
+    excl = torch.tensor([0, -1, 2, far, -1, 5])  # 0, 2, 5: each query's own row, returned first
+    scores, rows = approx.topk(queries, k, exclude_rows=excl)
+    assert rows.shape == (6, k) and scores.shape == (6, k)
+    unit = torch.nn.functional.normalize(feats, dim=-1).double().numpy()
+    for q in range(6):
+        listed = [(int(r), float(s)) for r, s in zip(raw_rows[q], raw_scores[q])]
+        e = int(excl[q])
+        kept = [p for p in listed if p[0] != e] if e >= 0 and e in [r for r, _ in listed] else listed[:k]
+        assert len(kept) == k
+        assert rows[q].tolist() == [r for r, _ in kept]
+        filled = rows[q] >= 0
+        assert int((~filled).sum()) > 0 and bool((scores[q][~filled] == float("-inf")).all())
+        want = unit[rows[q][filled].numpy()] @ queries[q].double().numpy()
+        np.testing.assert_allclose(scores[q][filled].numpy(), want, atol=1e-5)
+        assert e not in rows[q].tolist() or e < 0
+    _, one_r = approx.topk(queries[1], k, exclude_rows=-1)
+    assert one_r.shape == (k,) and torch.equal(one_r, rows[1])

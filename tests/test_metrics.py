@@ -140,6 +140,26 @@ def test_hand_computed_cirr():
     assert got["harmonic_mean"] == pytest.approx(7 / sum(1 / v for v in expected.values()))
 
 
+def test_hand_computed_ties_go_to_the_lower_row():
+    # a@0, b@10, c@10 (an exact copy of b, one row later), d@20. Exact ties are broken by row:
+    # c always ranks right after b, so a target c never takes b's place (the old rule, counting
+    # only strictly higher scores, ranked c first at q@10).
+    gallery, names = _angles([0, 10, 10, 20]), list("abcd")
+    queries = _angles([10, 12, 0])
+    # q@10: b c -> 2.  q@12: b c (2 deg) d a -> 2.  q@0: a b c -> 3.
+    fiq = metrics.fashioniq_recalls(queries, gallery, names, ["c", "c", "c"], ks=(1, 2, 3))
+    assert fiq == pytest.approx({"R@1": 0.0, "R@2": 200 / 3, "R@3": 100.0})
+    # reference removed: q@10 (-b): c -> 1.  q@12 (-a): b c -> 2.  q@0 (-a): b c -> 2.
+    # subsets minus reference: q@10: {a, c, d} -> 1.  q@12: {b, c, d} -> 2.  q@0: {b, c} -> 2.
+    refs, groups = ["b", "a", "a"], [list("abcd"), list("abcd"), list("abc")]
+    cirr = metrics.cirr_recalls(queries, gallery, names, refs, ["c", "c", "c"], groups)
+    assert cirr["R@1"] == pytest.approx(100 / 3) and cirr["R@5"] == 100.0
+    assert cirr["Rs@1"] == pytest.approx(100 / 3) and cirr["Rs@2"] == 100.0
+    recall, subset = metrics.cirr_submission(queries, gallery, names, refs, [0, 1, 2], groups)
+    assert recall["0"][0] == "c" and recall["1"] == list("bcd") and recall["2"] == list("bcd")
+    assert subset["1"] == list("bcd") and subset["2"] == list("bc")
+
+
 def test_hand_computed_submission_and_files(tmp_path):
     refs = ["a", "b", "f", "d"]
     groups = [list("abcdef"), ["b", "a", "c", "d"], ["f", "c", "a", "b"], ["d", "a", "b", "c"]]

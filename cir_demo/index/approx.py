@@ -78,17 +78,30 @@ class FaissGallery:
         single = q.ndim == 1
         q = q[None] if single else q
         excl = None if exclude_rows is None else torch.as_tensor(exclude_rows).cpu().long().reshape(-1)
+        if excl is not None and excl.numel() != q.shape[0]:
+            raise ValueError(f"expected {q.shape[0]} exclude_rows (one per query, -1 = none), got {excl.numel()}")
         excluding = K.has_exclusion(excl)
         k = K.check_k(k, len(self), excluding)
         scores, rows = self.index.search(np.ascontiguousarray(q.numpy()), k + int(excluding))
         scores, rows = torch.from_numpy(scores), torch.from_numpy(rows).long()  # (Q, k[+1])
         if excluding:
-            drop = rows == excl[:, None]  # (Q, k+1)
-            drop[~drop.any(dim=1), -1] = True  # no excluded row found: drop the last instead
-            keep = ~drop
-            scores, rows = scores[keep].reshape(-1, k), rows[keep].reshape(-1, k)
+            scores, rows = _drop_one(scores, rows, excl)  # (Q, k)
         scores = scores.masked_fill(rows < 0, float("-inf"))
         return (scores[0], rows[0]) if single else (scores, rows)
+
+
+def _drop_one(scores: torch.Tensor, rows: torch.Tensor, excl: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop exactly one column per query from (Q, k+1): its excluded row if returned, else the last.
+
+    FAISS marks unfilled slots with row -1, which must not be mistaken for "no exclusion" (-1).
+    """
+    width = rows.shape[1]
+    hit = (rows == excl[:, None]) & (excl[:, None] >= 0)  # (Q, k+1)
+    found = hit.any(dim=1)  # (Q,)
+    # argmax of a bool row gives its first True; queries without a hit drop their last column
+    drop = torch.where(found, hit.int().argmax(dim=1), torch.full_like(found, width - 1, dtype=torch.long))
+    keep = torch.arange(width)[None, :] != drop[:, None]  # (Q, k+1), exactly k True per query
+    return scores[keep].reshape(-1, width - 1), rows[keep].reshape(-1, width - 1)
 
 
 def recall_at_k_vs_exact(approx: Any, exact: Any, queries: torch.Tensor, k: int = 50,

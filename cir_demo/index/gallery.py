@@ -1,11 +1,13 @@
 """`Gallery`: exact nearest-neighbour search over gallery features resident on one device.
 
 The gallery is normalised once at construction and kept on the device in a fast scan dtype
-(fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), next to the raw fp16 features. A
-reduced-precision scan is followed by an exact fp32 rescoring of every row its error bound
-cannot rule out (see `cir_demo.index.kernels`), so results equal fp32 search over the stored features.
-Measured on 2 Xeon cores (AVX512-BF16), top-50 of 100k x 640, one query, p50: bf16 scan +
-rescore 8.2 ms, fp32 scan 11.1 ms, FAISS IndexFlatIP 23.1 ms (cir_demo/bench/topk.py).
+(fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), next to the raw fp16 features. Every
+search scans the whole gallery in that dtype, then rescores with the canonical fp32 score
+(`kernels.pair_scores`) every row the scan's error bound cannot rule out (see
+`cir_demo.index.kernels`). Results therefore equal ranking every stored row by its canonical
+fp32 score, ties broken by gallery row (lower row first), whatever the scan dtype, the query
+batch or the call: `topk`, `rank_of`, `scores_of` and `subset_ranking` agree bit for bit.
+Timings: `python -m cir_demo bench` (cir_demo/bench/topk.py); no figure is kept here.
 """
 
 from __future__ import annotations
@@ -22,16 +24,25 @@ from cir_demo.index.store import GalleryIndex, check_names
 
 logger = logging.getLogger(__name__)
 
-_RESCORE_ELEMS = 1 << 22  # gathered fp32 elements per rescoring step (16 MiB)
-# cuBLAS may reduce fp16 GEMMs with reduced-precision split-K partial sums; widen the bound.
+# fp32 elements per canonical rescoring step: CPU steps stay cache-sized (the summation tree
+# makes several passes over them); CUDA steps are large so that few kernels are launched.
+_RESCORE_ELEMS = {"cpu": 1 << 19, "cuda": 1 << 22}
+# The error bound assumes the scan GEMM accumulates in fp32. On CPU, observed scan errors stay
+# within it (tests/test_index.py); no GPU has run this code, so how cuBLAS accumulates the fp16
+# scan is unchecked, and on CUDA the scan part of the bound is widened by this factor: an
+# unmeasured margin, not a derived one, which would not cover fp16 accumulation.
 _CUDA_SAFETY = 4.0
+# fp32 scans on CUDA may run at reduced input precision (torch.set_float32_matmul_precision):
+# "high" allows TF32 (10 stored mantissa bits), "medium" bf16 (7); bounds allow truncation.
+_FP32_MATMUL_ROUNDOFF = {"highest": 0.0, "high": 2.0 ** -10, "medium": 2.0 ** -7}
 CPU_BF16_MIN_ROWS = 32_768
 
 
 def resolve_dtype(compute_dtype: str | torch.dtype, device: torch.device, n_rows: int = 0) -> torch.dtype:
     """Scan dtype. "auto": fp16 on CUDA; on CPU bf16 when the CPU has native bf16 (AVX512-BF16 /
-    AMX) and the gallery has >= CPU_BF16_MIN_ROWS rows, else fp32 (below that, the fp32 scan is
-    faster than a bf16 scan plus exact rescoring: 0.62 vs 0.94 ms at 10k x 640 on 2 cores)."""
+    AMX) and the gallery has >= CPU_BF16_MIN_ROWS rows, else fp32. The row threshold is a
+    tuning constant (a bf16 scan saves memory traffic but widens the band to rescore); re-tune
+    it with `python -m cir_demo bench`."""
     if isinstance(compute_dtype, torch.dtype):
         return compute_dtype
     if compute_dtype == "auto":
@@ -47,7 +58,8 @@ class Gallery:
 
     features: raw (N, D) CLIP image features (any float dtype, tensor or array; stored fp16);
     names: N unique names, row-aligned. device: default CUDA if available, else CPU.
-    compute_dtype: "auto" | "fp16" | "bf16" | "fp32" (scan precision; results are exact fp32).
+    compute_dtype: "auto" | "fp16" | "bf16" | "fp32": the scan precision only. Results equal
+    ranking by the canonical fp32 score with ties broken by gallery row, in every dtype.
     Queries are (Q, D) or (D,) L2-normalised float tensors on any device.
     """
 
@@ -64,14 +76,14 @@ class Gallery:
         self._raw = raw.detach().to(self.device, torch.float16).contiguous()  # (N, D) raw fp16
         if not bool(torch.isfinite(self._raw).all()):
             raise ValueError("features contain NaN/inf (or values beyond the fp16 range)")
-        self._norms = torch.empty(len(self.names), device=self.device)  # (N,) fp32
+        self._norms = torch.empty(len(self.names), device=self.device)  # (N,) fp32, canonical
         self._matrix = torch.empty_like(self._raw, dtype=self.compute_dtype)  # (N, D) unit rows
-        step = max(1, K.MAX_BLOCK_ELEMS // self.dim)
+        self._step_elems = _RESCORE_ELEMS.get(self.device.type, 1 << 22)
+        step = max(1, self._step_elems // self.dim)
         for a in range(0, len(self.names), step):  # blocked: never a full fp32 copy on the device
             block = self._raw[a:a + step].float()  # (B, D)
-            self._norms[a:a + step] = block.norm(dim=1).clamp_min(1e-12)  # as F.normalize
+            self._norms[a:a + step] = K.row_norms(block)
             self._matrix[a:a + step] = (block / self._norms[a:a + step, None]).to(self.compute_dtype)
-        self._two_stage = K.unit_roundoff(self.compute_dtype) > 0
         self._out_dtype = self._probe_out_dtype()
         logger.debug("gallery of %d x %d on %s, scan dtype %s", len(self), self.dim, self.device,
                      self.compute_dtype)
@@ -108,50 +120,49 @@ class Gallery:
     def topk(self, queries: torch.Tensor, k: int, exclude_rows: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact top-k: (scores (Q, k) float32, rows (Q, k) int64), best first, on the device.
 
-        exclude_rows: (Q,) rows to drop from each ranking (-1 = none), e.g. the reference image;
-        an excluded row never appears. k is clamped to N (N-1 when excluding); k <= 0 is an
-        error. A 1-D query gives 1-D results.
+        The first k rows of the ranking by canonical score, ties by lower gallery row, so a
+        row's position here is its `rank_of`. exclude_rows: (Q,) rows to drop from each ranking
+        (-1 = none), e.g. the reference image; an excluded row never appears. k is clamped to N
+        (N-1 when excluding); a k that is not a whole number >= 1 is a ValueError. A 1-D
+        query gives 1-D results.
         """
         q, single = self._check_queries(queries)
         excl = None if exclude_rows is None else self._check_rows(exclude_rows, q.shape[0], allow_none=True)
         k = K.check_k(k, len(self), K.has_exclusion(excl))
-        if not self._two_stage:
-            scores, rows = K.exact_topk(q, self._matrix, k, excl)
-        else:
-            parts = []
-            for a, b in K.query_blocks(q.shape[0], len(self)):
-                approx = K.mask_rows(self._scan(q[a:b]), None if excl is None else excl[a:b])  # (B, N)
-                parts.append(K.filtered_topk(approx, k, self._eps(q[a:b]),
-                                             lambda rows, qb=q[a:b]: self._rescore(qb, rows),
-                                             lambda qb=q[a:b]: self._dense(qb)))
-            scores, rows = torch.cat([s for s, _ in parts]), torch.cat([r for _, r in parts])
+        parts = []
+        for a, b in K.query_blocks(q.shape[0], len(self)):
+            qb = q[a:b]
+            approx = K.mask_rows(self._scan(qb), None if excl is None else excl[a:b])  # (B, N)
+            parts.append(K.filtered_topk(approx, k, self._eps(qb), lambda rows, qb=qb: self._rescore(qb, rows),
+                                         lambda qb=qb: self._dense(qb)))
+        scores, rows = torch.cat([s for s, _ in parts]), torch.cat([r for _, r in parts])
         return (scores[0], rows[0]) if single else (scores, rows)
 
     def rank_of(self, queries: torch.Tensor, rows: Any, exclude_rows: Any = None) -> torch.Tensor:
         """Exact 1-based rank (int64, (Q,)) of rows[q] for query q, even far beyond any top-k.
 
-        Same exclusion as `topk`; ties count in the row's favour (1 + rows scoring strictly higher).
+        Same exclusion and tie rule as `topk`: 1 + the rows scoring higher + the rows scoring
+        the same with a lower gallery row.
         """
         q, single = self._check_queries(queries)
         target = self._check_rows(rows, q.shape[0])
         excl = None if exclude_rows is None else self._check_rows(exclude_rows, q.shape[0], allow_none=True)
         if excl is not None and bool((excl == target).any()):
             raise ValueError("a query's target row is also its excluded row")
-        if not self._two_stage:
-            ranks = K.exact_ranks(q, self._matrix, target, excl)
-        else:
-            target_scores = self._rescore_pairs(q, torch.arange(q.shape[0], device=self.device), target)
-            ranks = torch.cat([
-                K.filtered_ranks(K.mask_rows(self._scan(q[a:b]), None if excl is None else excl[a:b]),
-                                 target_scores[a:b], self._eps(q[a:b]),
-                                 lambda qi, ri, qb=q[a:b]: self._rescore_pairs(qb, qi, ri),
-                                 target[a:b], lambda qb=q[a:b]: self._dense(qb),
-                                 max_pairs=_RESCORE_ELEMS // self.dim)
-                for a, b in K.query_blocks(q.shape[0], len(self))])
+        target_scores = self._rescore_pairs(q, torch.arange(q.shape[0], device=self.device), target)  # (Q,)
+        ranks = []
+        for a, b in K.query_blocks(q.shape[0], len(self)):
+            qb = q[a:b]
+            approx = K.mask_rows(self._scan(qb), None if excl is None else excl[a:b])  # (B, N)
+            ranks.append(K.filtered_ranks(approx, target_scores[a:b], self._eps(qb),
+                                          lambda qi, ri, qb=qb: self._rescore_pairs(qb, qi, ri),
+                                          target[a:b], lambda qb=qb: self._dense(qb),
+                                          max_pairs=max(1, self._step_elems // self.dim)))
+        ranks = torch.cat(ranks)
         return ranks[0] if single else ranks
 
     def scores_of(self, queries: torch.Tensor, rows: Any) -> torch.Tensor:
-        """Exact fp32 scores (Q, R) of the given rows (R,) for every query ((R,) for a 1-D query)."""
+        """Canonical fp32 scores (Q, R) of the given rows (R,) for every query ((R,) for a 1-D query)."""
         q, single = self._check_queries(queries)
         r = self._check_rows(rows)
         scores = self._rescore(q, r.expand(q.shape[0], -1))  # (Q, R)
@@ -160,14 +171,14 @@ class Gallery:
     def subset_ranking(self, query: torch.Tensor, rows: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Rank a subset (e.g. a CIRR img_set minus the reference) for one (D,) query.
 
-        Returns (rows (R,) int64 sorted best first, their scores (R,) float32).
+        Returns (rows (R,) int64, their scores (R,) float32), ordered as in the full ranking:
+        score descending, then gallery row ascending.
         """
         if query.ndim != 1:
             raise ValueError("subset_ranking takes one (D,) query")
         r = self._check_rows(rows)
-        scores = self.scores_of(query, r)  # (R,)
-        order = torch.sort(scores, descending=True, stable=True).indices
-        return r[order], scores[order]
+        scores, ordered = K.order_by_rule(self.scores_of(query, r)[None], r[None])  # (1, R) each
+        return ordered[0], scores[0]
 
     # ---- internals ------------------------------------------------------------------------
     def _scan(self, q: torch.Tensor) -> torch.Tensor:
@@ -175,47 +186,49 @@ class Gallery:
         qc = q.to(self.compute_dtype)
         if self._out_dtype == torch.float32 and self.compute_dtype != torch.float32:
             return torch.mm(qc, self._matrix.T, out_dtype=torch.float32)
-        if qc.shape[0] == 1:  # mv is ~1.6x faster than a 1-row mm on CPU (bf16)
+        if qc.shape[0] == 1:  # one query: a matrix-vector product
             return torch.mv(self._matrix, qc[0])[None]
         return qc @ self._matrix.T
 
     def _eps(self, q: torch.Tensor) -> torch.Tensor:
-        safety = _CUDA_SAFETY if self.device.type == "cuda" else 1.0
-        return K.error_bound(q.norm(dim=1), self.dim, self.compute_dtype, self._out_dtype, safety)
+        """Bound (B,) on |scan - canonical score| for queries q (B, D); see `kernels.error_bound`."""
+        cuda = self.device.type == "cuda"
+        in_roundoff = None
+        if cuda and self.compute_dtype == torch.float32:
+            in_roundoff = _FP32_MATMUL_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0 ** -7)
+        return K.error_bound(q.norm(dim=1), self.dim, self.compute_dtype, self._out_dtype,
+                             _CUDA_SAFETY if cuda else 1.0, in_roundoff)
 
     def _rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Exact fp32 scores (B, C) of rows (B, C) for queries q (B, D), from the raw features."""
-        if not self._two_stage:
-            return torch.bmm(self._matrix[rows].float(), q[:, :, None]).squeeze(2)
-        b_step = max(1, _RESCORE_ELEMS // max(1, rows.shape[1] * self.dim))
-        out = []
+        """Canonical scores (B, C) of rows (B, C) for queries q (B, D), from the raw features."""
+        out = torch.empty(rows.shape, device=self.device)  # (B, C)
+        c_step = max(1, self._step_elems // self.dim)
+        b_step = max(1, self._step_elems // (min(max(rows.shape[1], 1), c_step) * self.dim))
         for a in range(0, rows.shape[0], b_step):
-            r = rows[a:a + b_step]  # (b, C)
-            feats = self._raw.index_select(0, r.reshape(-1)).view(*r.shape, self.dim).float()  # (b, C, D)
-            dots = torch.bmm(feats, q[a:a + b_step, :, None]).squeeze(2)  # (b, C)
-            out.append(dots / self._norms[r])
-        return torch.cat(out)
+            for c in range(0, rows.shape[1], c_step):
+                r = rows[a:a + b_step, c:c + c_step]  # (b, c)
+                out[a:a + b_step, c:c + c_step] = K.pair_scores(
+                    self._raw[r], q[a:a + b_step, None, :], self._norms[r])  # (b, c, D) -> (b, c)
+        return out
 
     def _rescore_pairs(self, q: torch.Tensor, q_idx: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """Exact fp32 scores (M,) of (query q_idx[m], gallery row rows[m]) pairs."""
-        feats = self._raw.index_select(0, rows).float()  # (M, D)
-        dots = feats @ q[0] if q.shape[0] == 1 else (feats * q[q_idx]).sum(dim=1)  # (M,)
-        return dots / self._norms[rows]
+        """Canonical scores (M,) of (query q_idx[m], gallery row rows[m]) pairs."""
+        return K.pair_scores(self._raw[rows], q[q_idx], self._norms[rows])  # (M, D) -> (M,)
 
     def _dense(self, q: torch.Tensor) -> torch.Tensor:
-        """Exact fp32 scores (B, N) of every row, converting the raw features block by block."""
+        """Canonical scores (B, N) of every row, block by block (broadcast, no gather)."""
         out = torch.empty(q.shape[0], len(self), device=self.device)  # (B, N)
-        # CPU: small blocks keep the fp16 -> fp32 conversion in cache (2x faster than 4096 rows)
-        step = 1024 if self.device.type == "cpu" else 1 << 16
-        for a in range(0, len(self), step):
-            block = self._raw[a:a + step].float()  # (S, D)
-            dots = (block @ q[0])[None] if q.shape[0] == 1 else q @ block.T  # (B, S)
-            out[:, a:a + step] = dots / self._norms[a:a + step]
+        s_step = max(1, min(len(self), self._step_elems // self.dim))
+        b_step = max(1, self._step_elems // (s_step * self.dim))
+        for a in range(0, q.shape[0], b_step):
+            for c in range(0, len(self), s_step):
+                out[a:a + b_step, c:c + s_step] = K.pair_scores(
+                    self._raw[c:c + s_step], q[a:a + b_step, None, :], self._norms[c:c + s_step])  # (b, s)
         return out
 
     def _probe_out_dtype(self) -> torch.dtype:
-        """fp32 output from the fp16 scan when the backend supports it (CUDA), else the scan dtype."""
-        if not self._two_stage or self.device.type != "cuda":
+        """fp32 output from a reduced-precision scan when the backend supports it (CUDA), else the scan dtype."""
+        if self.compute_dtype == torch.float32 or self.device.type != "cuda":
             return self.compute_dtype
         try:
             torch.mm(self._matrix[:1], self._matrix[:1].T, out_dtype=torch.float32)
