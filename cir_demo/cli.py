@@ -19,6 +19,7 @@ COMMANDS = {
     "eval": ("cir_demo.commands.eval", "the paper's evaluation protocol for any composer"),
     "index": ("cir_demo.commands.index", "encode a dataset split or an image folder into a gallery index"),
     "bench": ("cir_demo.commands.bench", "serving benchmarks: latency, top-k vs FAISS, indexing, memory"),
+    "serve": ("cir_demo.commands.serve", "the Gradio demo for a deployment config (default: the built-in world)"),
     "info": ("cir_demo.commands.info", "describe a checkpoint (ours or official) or an open_clip model"),
 }
 
@@ -43,9 +44,10 @@ def user_errors() -> tuple:
     from cir_demo.index import IndexFormatError, IndexMismatchError
     from cir_demo.model import CheckpointError, WeightsUnavailableError
     from cir_demo.pipeline.encode import ImageReadError
+    from cir_demo.serve.deploy import ConfigError
     from cir_demo.serve.engine import QueryError
 
-    return (DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError, CheckpointError,
+    return (ConfigError, DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError, CheckpointError,
             WeightsUnavailableError, FileNotFoundError, FileExistsError)
 
 

@@ -2,8 +2,11 @@
 
 Inputs are L2-normalised query features (Q, D) and gallery features (N, D) (CPU or CUDA; scored
 in fp32, blocked over queries so Q~10k x N~100k stays within a few hundred MB) plus names.
-Recalls are percentages. A rank is 1 + the number of gallery rows scoring strictly higher than
-the target (the original sorts with argsort, which breaks exact ties arbitrarily).
+Recalls are percentages. Rankings follow the one tie rule of `cir_demo.index.kernels`: score
+descending, then gallery row ascending, so a rank is 1 + the rows scoring higher + the rows
+scoring the same with a lower gallery row (the original sorts with argsort, which breaks exact
+ties arbitrarily). Subset rankings and the submission lists use the same order. Scores are one
+fp32 GEMM per query block, and ties are exact equalities of those scores.
 
 Reference behaviour (CLIP4Cir `validate.py`, `cirr_test_submission.py`):
 * FashionIQ: the reference image stays in the gallery; Recall@10/50 per category; model
@@ -60,15 +63,25 @@ def recall_at(ranks: torch.Tensor, k: int) -> float:
     return 100.0 * int((ranks <= k).sum()) / ranks.numel()
 
 
+def fashioniq_ranks(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery_names: Sequence[str],
+                    target_names: Sequence[str]) -> torch.Tensor:
+    """1-based rank (Q,) of each query's target in its FashionIQ ranking (the reference is NOT removed)."""
+    q, g, row_of = _prepare(query_feats, gallery_feats, gallery_names, {"target names": len(target_names)})
+    return K.exact_ranks(q, g, _rows(target_names, row_of, "target", g.device))  # (Q,)
+
+
+def fashioniq_summary(ranks: torch.Tensor, ks: Sequence[int] = (10, 50)) -> dict[str, float]:
+    """{"R@10": ..., "R@50": ...} (percent; one key per k in ks) from target ranks."""
+    return {f"R@{k}": recall_at(ranks, k) for k in ks}
+
+
 def fashioniq_recalls(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery_names: Sequence[str],
                       target_names: Sequence[str], ks: Sequence[int] = (10, 50)) -> dict[str, float]:
     """FashionIQ Recall@k (percent) for one category; the reference is NOT removed.
 
     Returns {"R@10": ..., "R@50": ...} (one key per k in ks).
     """
-    q, g, row_of = _prepare(query_feats, gallery_feats, gallery_names, {"target names": len(target_names)})
-    ranks = K.exact_ranks(q, g, _rows(target_names, row_of, "target", g.device))  # (Q,)
-    return {f"R@{k}": recall_at(ranks, k) for k in ks}
+    return fashioniq_summary(fashioniq_ranks(query_feats, gallery_feats, gallery_names, target_names), ks)
 
 
 def average_fashioniq(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
@@ -105,14 +118,13 @@ def _cirr_blocks(q: torch.Tensor, g: torch.Tensor, ref_rows: torch.Tensor, membe
         yield a, b, scores, member_scores
 
 
-def cirr_recalls(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery_names: Sequence[str],
-                 reference_names: Sequence[str], target_names: Sequence[str],
-                 groups: Sequence[Sequence[str]]) -> dict[str, float]:
-    """CIRR validation metrics (percent), the reference removed from each ranking.
+def cirr_ranks(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery_names: Sequence[str],
+               reference_names: Sequence[str], target_names: Sequence[str],
+               groups: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global ranks (Q,), subset ranks (Q,)) of each query's target, the reference removed.
 
-    groups[q] are the img_set members of query q (6 in CIRR, reference included). Returns
-    "R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "mean" (arithmetic mean of those 7,
-    CLIP4Cir's selection number), "harmonic_mean", "geometric_mean" and "avg" = (R@5 + Rs@1)/2.
+    groups[q] are the img_set members of query q (6 in CIRR, reference included); the subset
+    rank is the target's rank among them minus the reference.
     """
     counts = {"reference names": len(reference_names), "target names": len(target_names), "groups": len(groups)}
     q, g, row_of = _prepare(query_feats, gallery_feats, gallery_names, counts)
@@ -127,10 +139,17 @@ def cirr_recalls(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery
         raise ValueError(f"target {target_names[bad]!r} of query {bad} is not in its group {list(groups[bad])}")
     ranks, subset_ranks = [], []
     for a, b, scores, member_scores in _cirr_blocks(q, g, refs, members):
-        target = scores.gather(1, targets[a:b, None])  # (B, 1)
-        ranks.append((scores > target).sum(dim=1) + 1)
-        subset_ranks.append((member_scores > target).sum(dim=1) + 1)
-    ranks, subset_ranks = torch.cat(ranks), torch.cat(subset_ranks)
+        t = targets[a:b]
+        target = scores.gather(1, t[:, None])[:, 0]  # (B,)
+        ranks.append(K.rank_among(scores, target, t))
+        subset_ranks.append(K.rank_among(member_scores, target, t, members[a:b]))
+    return torch.cat(ranks), torch.cat(subset_ranks)
+
+
+def cirr_summary(ranks: torch.Tensor, subset_ranks: torch.Tensor) -> dict[str, float]:
+    """CIRR's figures (percent) from target ranks: "R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3",
+    "mean" (arithmetic mean of those 7, CLIP4Cir's selection number), "harmonic_mean",
+    "geometric_mean" and "avg" = (R@5 + Rs@1) / 2 (the leaderboard's)."""
     out = {f"R@{k}": recall_at(ranks, k) for k in CIRR_KS}
     out.update({f"Rs@{k}": recall_at(subset_ranks, k) for k in CIRR_SUBSET_KS})
     values = list(out.values())
@@ -141,13 +160,22 @@ def cirr_recalls(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery
     return out
 
 
+def cirr_recalls(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery_names: Sequence[str],
+                 reference_names: Sequence[str], target_names: Sequence[str],
+                 groups: Sequence[Sequence[str]]) -> dict[str, float]:
+    """CIRR validation metrics (percent), the reference removed from each ranking (see ``cirr_summary``)."""
+    return cirr_summary(*cirr_ranks(query_feats, gallery_feats, gallery_names, reference_names, target_names,
+                                    groups))
+
+
 def cirr_submission(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gallery_names: Sequence[str],
                     reference_names: Sequence[str], pair_ids: Sequence[Any], groups: Sequence[Sequence[str]],
                     version: str = "rc2", top_k: int = 50, subset_k: int = 3) -> tuple[dict, dict]:
     """CIRR test-server predictions: ({"version", "metric": "recall", "<pairid>": [top-50 names]},
     {"version", "metric": "recall_subset", "<pairid>": [top-3 names of group minus reference]}).
 
-    The reference is removed from both rankings, as in CLIP4Cir's cirr_test_submission.py.
+    The reference is removed from both rankings, as in CLIP4Cir's cirr_test_submission.py; both
+    lists are in ranking order (score descending, then gallery row ascending).
     """
     counts = {"reference names": len(reference_names), "pair ids": len(pair_ids), "groups": len(groups)}
     q, g, row_of = _prepare(query_feats, gallery_feats, gallery_names, counts)
@@ -160,9 +188,8 @@ def cirr_submission(query_feats: torch.Tensor, gallery_feats: torch.Tensor, gall
     recall = {"version": version, "metric": "recall"}
     subset = {"version": version, "metric": "recall_subset"}
     for a, b, scores, member_scores in _cirr_blocks(q, g, refs, members):
-        top = torch.topk(scores, k, dim=1).indices.cpu().tolist()  # (B, k)
-        order = torch.sort(member_scores, dim=1, descending=True, stable=True).indices  # (B, G)
-        ranked = members[a:b].gather(1, order).cpu().tolist()
+        top = K.topk_by_rule(scores, k)[1].cpu().tolist()  # (B, k)
+        ranked = K.order_by_rule(member_scores, members[a:b])[1].cpu().tolist()  # (B, G), pads last
         for i, key in enumerate(keys[a:b]):
             recall[key] = [gallery_names[r] for r in top[i]]
             subset[key] = [gallery_names[r] for r in ranked[i] if r >= 0][:subset_k]

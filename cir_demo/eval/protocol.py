@@ -83,17 +83,40 @@ def compose_queries(composer: Composer, ref_feats: torch.Tensor, text_feats: tor
     return torch.cat(out) if out else torch.empty(0, ref_feats.shape[1])
 
 
-def score_query_set(qs: QuerySet, composer: Composer, *, device: str | torch.device = "cpu") -> dict:
-    """The protocol's recalls (percent) for one composer on one encoded split."""
+def query_set_from_features(clip: ClipModel, ds: CIRDataset, gallery, *, name: Optional[str] = None,
+                            batch_size: int = 256) -> QuerySet:
+    """A QuerySet over a resident ``Gallery``'s stored features (references read from it, never
+    re-encoded); only the validation captions are encoded, with ``clip`` as loaded (fp32)."""
+    rows = gallery.rows_of([t.reference for t in ds.triplets])
+    captions = [query_captions(t, train=False)[0] for t in ds.triplets]
+    raw = gallery.raw_features(torch.arange(len(gallery), device=gallery.device)).float().cpu()  # (N, D)
+    return QuerySet(name=name or ds.category or ds.dataset, dataset=ds.dataset, gallery_feats=raw,
+                    gallery_names=list(gallery.names), ref_feats=raw[rows.cpu()],
+                    text_feats=encode_texts(clip, captions, batch_size=batch_size), triplets=list(ds.triplets))
+
+
+def rank_query_set(qs: QuerySet, composer: Composer, *, device: str | torch.device = "cpu"):
+    """(target ranks (Q,), CIRR subset ranks (Q,) or None, the protocol's summary) for one composer.
+
+    The one code path behind ``eval``'s numbers and the app's validation browser: the summary is
+    computed from exactly these ranks.
+    """
     if not qs.has_targets:
         raise ValueError(f"{qs.name}: this split has no targets; use cirr_test_submission")
     queries = compose_queries(composer, qs.ref_feats, qs.text_feats, device=device)  # (Q, D)
     gallery = qs.unit_gallery(device)  # (N, D)
     targets = [t.target for t in qs.triplets]
     if qs.dataset == "fashioniq":
-        return metrics.fashioniq_recalls(queries, gallery, qs.gallery_names, targets)
-    return metrics.cirr_recalls(queries, gallery, qs.gallery_names, [t.reference for t in qs.triplets],
-                                targets, [t.group for t in qs.triplets])
+        ranks = metrics.fashioniq_ranks(queries, gallery, qs.gallery_names, targets)
+        return ranks, None, metrics.fashioniq_summary(ranks)
+    ranks, subset_ranks = metrics.cirr_ranks(queries, gallery, qs.gallery_names, [t.reference for t in qs.triplets],
+                                             targets, [t.group for t in qs.triplets])
+    return ranks, subset_ranks, metrics.cirr_summary(ranks, subset_ranks)
+
+
+def score_query_set(qs: QuerySet, composer: Composer, *, device: str | torch.device = "cpu") -> dict:
+    """The protocol's recalls (percent) for one composer on one encoded split."""
+    return rank_query_set(qs, composer, device=device)[2]
 
 
 def summarise(dataset: str, per_set: Mapping[str, dict]) -> dict:

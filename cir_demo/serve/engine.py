@@ -1,9 +1,16 @@
-"""The retrieval engine: a CLIP model, its composers and resident galleries -> ranked hits.
+"""The retrieval engine: one model (CLIP + Combiner) bound to the galleries it built -> ranked hits.
+
+An engine is a bundle: a query can only ever meet the model that made its gallery, because
+``add_gallery`` refuses an index whose recorded model identity (architecture, image tower,
+preprocessing: ``ClipModel.fingerprint``) or feature dimension differs from the engine's, and a
+Combiner whose input width differs from the CLIP's is refused at construction. Serve several
+checkpoints side by side with one engine each (``cir_demo.serve.catalog``).
 
 Per query it answers the ranked top K with scores, lambda, a per-stage timing breakdown,
 and optionally the rank of a given image (even beyond K) and the ranking of a subset (CIRR's
-group). Gallery references reuse their stored features (never re-encoded); caption features
-are cached (LRU); the gallery stays normalised on the device. Knows no UI and no training.
+group). Ties are broken by gallery row order, in hits and ranks alike. Gallery references reuse
+their stored features (never re-encoded); caption features are cached (LRU); the gallery stays
+normalised on the device. Knows no UI and no training.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from PIL import Image
 
 from cir_demo.config.runtime import default_device
 from cir_demo.index import Gallery, GalleryIndex, IndexMismatchError, rebuild_hint
+from cir_demo.index import kernels as K
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner
 from cir_demo.model.composers import COMPOSER_NAMES, Composer, make_composer
+from cir_demo.serve.results import Hit, SearchResult
 from cir_demo.pipeline.encode import encode_pil_images
 from cir_demo.serve.text_tower import make_text_tower, resolve_text_dtype
 
@@ -34,23 +43,6 @@ MAX_CAPTION_CHARS = 1000  # longer input is cut before tokenising (CLIP sees 77 
 
 class QueryError(ValueError):
     """A query the engine cannot answer; the message is fit to show a user."""
-
-
-@dataclass(frozen=True)
-class Hit:
-    rank: int
-    name: str
-    score: float
-
-
-@dataclass
-class SearchResult:
-    hits: list[Hit]
-    composer: str
-    lam: Optional[float] = None
-    timings_ms: dict = field(default_factory=dict)
-    target_rank: Optional[int] = None
-    subset: list[Hit] = field(default_factory=list)
 
 
 @dataclass
@@ -81,16 +73,22 @@ class _Clock:
 
 
 class Engine:
-    """Serve composed queries over one or more named galleries."""
+    """Serve composed queries over named galleries, all built by this engine's CLIP."""
 
     def __init__(self, clip: ClipModel, combiner: Optional[Combiner] = None, *, device: Optional[str] = None,
                  text_precision: str = "auto", compose_precision: str = "auto", cuda_graphs: Optional[bool] = None,
-                 text_cache_size: int = 4096):
+                 text_cache_size: int = 4096, name: str = "default"):
         """``text_precision`` / ``compose_precision``: dtype of the caption tower and the Combiner
-        ("auto": fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; "fp32" reproduces the
-        evaluation's numbers exactly). ``cuda_graphs``: replay captured graphs for single
-        captions on CUDA (default on there). The image tower stays as loaded, so uploads match
-        indexed features."""
+        ("auto": fp16 on CUDA, bf16 on CPUs with native bf16, else fp32). Reduced precisions move
+        scores slightly; "fp32" on the CPU gives the scores of ``eval`` on the CPU (on CUDA,
+        ``eval`` encodes under fp16 autocast, as the paper's code does). ``cuda_graphs``: replay
+        captured graphs for single captions on CUDA (default on there). The image tower stays as
+        loaded, so uploads match indexed features. ``name`` labels the bundle in messages."""
+        if combiner is not None and combiner.dims()["clip_feature_dim"] != clip.feature_dim:
+            raise IndexMismatchError(
+                f"the Combiner takes {combiner.dims()['clip_feature_dim']}-d features but the CLIP "
+                f"{clip.name!r} makes {clip.feature_dim}-d ones: load the Combiner trained on this CLIP")
+        self.name = name
         self.device = default_device(device)
         self.clip = clip.to(self.device)
         self.clip.model.eval()
@@ -98,6 +96,7 @@ class Engine:
         compose_dtype = resolve_text_dtype(compose_precision, self.device)
         self.combiner = (copy.deepcopy(combiner).to(self.device, compose_dtype).eval()
                          if combiner is not None else None)
+        self._reference_combiner = combiner  # as given (fp32 as loaded): for evaluation-exact batch passes
         self.composers: dict[str, Composer] = {
             name: make_composer(name, self.combiner) for name in COMPOSER_NAMES
             if name != "combiner" or self.combiner is not None}
@@ -110,14 +109,27 @@ class Engine:
         self._text_cache.clear()
 
     # ---- galleries ------------------------------------------------------------------------
+    def index_mismatch(self, index: GalleryIndex) -> Optional[str]:
+        """Why ``index`` cannot serve with this engine's model (None when it can)."""
+        manifest = index.manifest
+        if not index.fingerprint:
+            return "its manifest records no model fingerprint, so nothing shows which model made it"
+        if index.dim != self.clip.feature_dim:
+            return f"its features are {index.dim}-d but the model {self.clip.name!r} makes {self.clip.feature_dim}-d ones"
+        if index.fingerprint != self.clip.fingerprint():
+            return (f"it was built by model {manifest.get('model_name')!r} (fingerprint {index.fingerprint}), "
+                    f"not by the loaded {self.clip.name!r} ({self.clip.fingerprint()}): the architecture, "
+                    f"image-tower weights or preprocessing differ")
+        return None
+
     def add_gallery(self, name: str, index: GalleryIndex, *, exclude_reference: Optional[bool] = None,
-                    dataset=None, check_model: bool = True) -> GalleryEntry:
-        """Make an index searchable as ``name``; refuses an index built by another model."""
-        if check_model and index.fingerprint and index.fingerprint != self.clip.fingerprint():
-            raise IndexMismatchError(
-                f"gallery {name!r} was built by model {index.manifest.get('model_name')!r} "
-                f"(fingerprint {index.fingerprint}), not by the loaded {self.clip.name!r} "
-                f"({self.clip.fingerprint()}); {rebuild_hint(index.manifest)}")
+                    dataset=None) -> GalleryEntry:
+        """Make an index searchable as ``name``; refuses an index this engine's model did not build."""
+        why = self.index_mismatch(index)
+        if why is not None:
+            where = f" at {index.path}" if index.path else ""
+            raise IndexMismatchError(f"gallery {name!r}{where} cannot be used with bundle {self.name!r}: {why}; "
+                                     f"{rebuild_hint(index.manifest)}")
         if exclude_reference is None:
             exclude_reference = index.manifest.get("dataset") == "cirr"
         entry = GalleryEntry(Gallery.from_index(index, device=self.device), exclude_reference, dataset)
@@ -164,12 +176,13 @@ class Engine:
 
     # ---- search ---------------------------------------------------------------------------
     @torch.inference_mode()
-    def search(self, gallery: str, *, reference: Union[str, Image.Image], caption: str, k: int = 50,
+    def search(self, gallery: str, *, reference: Union[str, Image.Image, None], caption: str, k: int = 50,
                composer: str = "combiner", exclude_reference: Optional[bool] = None,
                target: Optional[str] = None, subset: Optional[Sequence[str]] = None,
                upload_features: Optional[torch.Tensor] = None) -> SearchResult:
         """One composed query. ``reference``: a gallery image name or an uploaded PIL image
-        (``upload_features``, from ``image_features``, skips re-encoding the same upload)."""
+        (``upload_features``, from ``image_features``, skips re-encoding the same upload; with
+        them, ``reference`` may be None: the upload itself need not be kept)."""
         entry, comp = self.entry(gallery), self._composer(composer)
         k = self._check_k(k, len(entry.gallery))
         exclude = entry.exclude_reference if exclude_reference is None else exclude_reference
@@ -183,10 +196,10 @@ class Engine:
         ref_row = self.rows_of(entry, [ref_name]) if ref_name is not None else None  # checks the name
         if ref_row is not None:
             image = entry.gallery.raw_features(ref_row).float()  # (1, D) stored, never re-encoded
-        elif isinstance(reference, Image.Image):
+        elif isinstance(reference, Image.Image) or (reference is None and upload_features is not None):
             if upload_features is None and comp.needs_image:
                 upload_features = self.image_features(reference)
-            image = upload_features if comp.needs_image else None
+            image = upload_features.to(self.device) if comp.needs_image else None
         else:
             raise QueryError("the reference must be a gallery image name or an image")
         clock.lap("image")
@@ -199,7 +212,8 @@ class Engine:
         clock.lap("search")
         result = SearchResult(
             hits=[Hit(i + 1, entry.gallery.names[r], s) for i, (r, s) in enumerate(zip(rows, scores))],
-            composer=comp.name, lam=float(composition.lam[0]) if composition.lam is not None else None)
+            composer=comp.name, lam=float(composition.lam[0]) if composition.lam is not None else None,
+            target=target)
         if target is not None:
             result.target_rank = self._target_rank(entry, query, target, excl_row)
         if subset:
@@ -236,6 +250,17 @@ class Engine:
         names = [[entry.gallery.names[r] for r in row] for row in rows.tolist()]
         return scores.cpu(), names
 
+    def reference_composer(self, name: str) -> Composer:
+        """Composer ``name`` at the precision it was loaded in (fp32), as ``eval`` runs it."""
+        self._composer(name)  # validates the name
+        if name != "combiner":
+            return self.composers[name]
+        ref = self._reference_combiner
+        param = next(ref.parameters())
+        if param.dtype != torch.float32 or param.device.type != "cpu":  # never change the caller's module
+            ref = copy.deepcopy(ref).to("cpu", torch.float32)
+        return make_composer(name, ref.eval())
+
     # ---- checks ---------------------------------------------------------------------------
     def _composer(self, name: str) -> Composer:
         if name not in self.composers:
@@ -245,9 +270,12 @@ class Engine:
 
     @staticmethod
     def _check_k(k, size: int) -> int:
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        if isinstance(k, int) and not isinstance(k, bool) and k > MAX_K:
             raise QueryError(f"K must be a whole number from 1 to {MAX_K}, got {k!r}")
-        return min(k, size)
+        try:
+            return K.check_k(k, size, excluding=False)
+        except ValueError as err:
+            raise QueryError(f"K must be a whole number from 1 to {MAX_K}, got {k!r}") from err
 
     @staticmethod
     def _check_caption(caption, composer: Composer) -> str:

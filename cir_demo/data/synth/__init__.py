@@ -57,17 +57,30 @@ def _prepare(out_dir: Path, flavour: str, overwrite: bool) -> tuple:
     return final, partial
 
 
+def _drawn_names(plan: dict, flavour: str, splits) -> set | None:
+    """Names of the images to draw: those of ``splits`` ("test" also means CIRR's "test1"), or None for all."""
+    if not splits:
+        return None
+    wanted = {("test1" if s == "test" and flavour == "scenes" else s) for s in splits}
+    per_split = [plan] if flavour == "scenes" else list(plan.values())
+    return {item.name for splits_of in per_split for split, sp in splits_of.items() if split in wanted
+            for item in sp.items}
+
+
 def _counts(world: dict, keys) -> dict:
     return {k: {"images": len(world[k].items), "triplets": len(world[k].queries)} for k in keys}
 
 
 def generate_world(out_dir, *, seed: int = 0, size: str = "default", flavours=FLAVOURS, progress: bool = True,
-                   workers: int | None = None, overwrite: bool = False) -> dict:
+                   workers: int | None = None, overwrite: bool = False, splits=None) -> dict:
     """Generate the synthetic world under ``out_dir`` (see the module docstring for the layout).
 
     ``flavours``: any of "fashion" (FashionIQ layout) and "scenes" (CIRR layout). ``workers``:
     drawing processes (default: up to 2, none for small jobs). An existing non-empty dataset folder
-    is replaced only with ``overwrite=True``. Returns ``{"seconds", "seed", "size", "fashioniq":
+    is replaced only with ``overwrite=True``. ``splits`` (e.g. ``("val",)``): draw only these splits'
+    images (FashionIQ "test" and CIRR "test1" count as "test"); every split's JSON is still written,
+    and the drawn images are byte-identical to a full world's, since each split has its own random
+    stream. An app that serves the validation galleries needs only ``("val",)``. Returns ``{"seconds", "seed", "size", "fashioniq":
     {cat: {split: {"images", "triplets"}}}, "cirr": {split: {...}}}`` (only generated flavours).
     """
     from cir_demo.data.synth import layout, world
@@ -91,10 +104,14 @@ def generate_world(out_dir, *, seed: int = 0, size: str = "default", flavours=FL
             plan = world.plan_scenes(seed, world.SIZES[size])
             jobs = layout.write_cirr(partial, plan)
             counts = _counts(plan, world.CIRR_SPLITS)
+        drawn = _drawn_names(plan, flavour, splits)
+        if drawn is not None:
+            jobs = [job for job in jobs if Path(job[0]).stem in drawn]
         n_workers = workers if workers is not None else (min(2, os.cpu_count() or 1) if len(jobs) > 300 else 1)
         layout.render_all(jobs, n_workers, progress, desc=DATASET_DIRS[flavour])
         layout.write_json(partial / "synth.json", {"generator": "cir_demo.data.synth", "format": 1,
-                                                    "seed": seed, "size": size, "counts": counts})
+                                                    "seed": seed, "size": size, "counts": counts,
+                                                    "drawn_splits": sorted(splits) if splits else "all"})
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         summary[DATASET_DIRS[flavour]] = counts

@@ -1,0 +1,81 @@
+"""Result records the serving layer returns: plain dataclasses a front end turns into widgets or JSON."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One ranked gallery image: 1-based rank, name and cosine score."""
+    rank: int
+    name: str
+    score: float
+
+
+@dataclass
+class SearchResult:
+    """One composed query's answer.
+
+    ``target_rank``: rank of ``target`` in the full ranking (beyond K too), None without a target.
+    ``subset``: the given subset (CIRR's img_set minus the reference) ranked by the same scores.
+    ``timings_ms``: per stage ("text", "image", "compose", "search", "extras", "total").
+    """
+    hits: list[Hit]
+    composer: str
+    lam: Optional[float] = None
+    timings_ms: dict = field(default_factory=dict)
+    target: Optional[str] = None
+    target_rank: Optional[int] = None
+    subset: list[Hit] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GalleryInfo:
+    """What a front end needs to list a gallery."""
+    name: str
+    bundle: str
+    dataset: Optional[str]       # "fashioniq" | "cirr" | None (a plain image folder)
+    split: Optional[str]
+    category: Optional[str]
+    count: int
+    triplets: int                # known (validation) triplets with targets
+    exclude_reference: bool      # CIRR protocol: the reference is not ranked
+    label: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a gallery's image names."""
+    names: list[str]
+    page: int                    # 1-based
+    pages: int
+    total: int
+
+
+@dataclass(frozen=True)
+class TripletRank:
+    """A known triplet with its target's rank under one composer (and its subset rank for CIRR)."""
+    index: int
+    reference: str
+    caption: str
+    target: str
+    rank: int
+    subset_rank: Optional[int] = None
+    pair_id: Optional[int] = None
+
+
+@dataclass
+class SplitRanks:
+    """Every known triplet of a gallery ranked in one batch, and the protocol's summary figures."""
+    gallery: str
+    composer: str
+    rows: list[TripletRank]
+    summary: dict                # FashionIQ {"R@10", "R@50"}; CIRR {"R@1", ..., "Rs@3", "mean", "avg"}
