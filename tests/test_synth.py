@@ -197,3 +197,20 @@ def test_contact_sheet(tiny, tmp_path):
     with Image.open(path) as img:
         assert img.size == (744, 450)
         assert len(img.convert("RGB").getcolors(1 << 20)) > 500  # real pictures, not a blank page
+
+
+def test_drawing_only_some_splits_gives_the_same_bytes(tiny, tmp_path):
+    out, _ = tiny
+    assert cli_main(["synth", "--out", str(tmp_path), "--size", "tiny", "--splits", "val", "--no-progress"]) == 0
+    for dataset in ("fashioniq", "cirr"):
+        full = {p.relative_to(out / dataset): p.read_bytes() for p in (out / dataset).rglob("*") if p.is_file()}
+        part = {p.relative_to(tmp_path / dataset): p.read_bytes() for p in (tmp_path / dataset).rglob("*")
+                if p.is_file()}
+        drawn = [k for k in part if k.suffix in (".jpg", ".png")]
+        assert drawn and all(part[k] == full[k] for k in drawn)  # byte-identical to the full world's
+        assert all(part[k] == full[k] for k in part if k.suffix == ".json" and k.name != "synth.json")
+    val_names = set(json.loads((tmp_path / "fashioniq/image_splits/split.dress.val.json").read_text()))
+    drawn_fashion = {p.stem for p in (tmp_path / "fashioniq/images").iterdir()}
+    assert val_names <= drawn_fashion and not drawn_fashion & set(
+        json.loads((tmp_path / "fashioniq/image_splits/split.dress.train.json").read_text()))
+    assert sorted(p.parent.name for p in (tmp_path / "cirr").rglob("*.png")) == ["dev"] * 12

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="tiny: tests; small: quick runs; default: training the built-in models")
     parser.add_argument("--flavour", choices=("fashion", "scenes", "both"), default="both",
                         help="fashion: FashionIQ layout; scenes: CIRR layout (default both)")
+    parser.add_argument("--splits", nargs="+", choices=("train", "val", "test"), default=None,
+                        help="draw only these splits' images (JSON of every split is written; default: all)")
     parser.add_argument("--workers", type=int, default=None, help="drawing processes (default: up to 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing generated datasets")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -25,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
 
     flavours = FLAVOURS if args.flavour == "both" else (args.flavour,)
     summary = generate_world(args.out, seed=args.seed, size=args.size, flavours=flavours,
-                             progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite)
+                             progress=not args.no_progress, workers=args.workers, overwrite=args.overwrite,
+                             splits=args.splits)
     for dataset in ("fashioniq", "cirr"):
         if dataset in summary:
             counts = summary[dataset]
