@@ -1,20 +1,24 @@
-"""Checkpoints: ours round-trips, official CLIP4Cir files load, arbitrary pickles are refused."""
+"""Checkpoints: ours round-trips, official CLIP4Cir files load, arbitrary pickles and malformed metadata are refused."""
 
+import json
 import os
 import pickle
 
 import open_clip
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from cir_demo.model import (
     CheckpointError,
     Combiner,
+    ModelMismatchError,
     load_checkpoint,
     load_clip,
     read_checkpoint_config,
     save_checkpoint,
 )
+from cir_demo.model.checkpoint import FORMAT, METADATA_KEY
 from cir_demo.model.clip import ClipModel, model_config_for
 
 
@@ -158,3 +162,81 @@ def test_failed_write_leaves_previous_file_intact(tmp_path, tiny_clip, monkeypat
         save_checkpoint(path, combiner=Combiner(4, 8, 8))
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors"]
+
+
+# ---- malformed metadata and declared-versus-stored shapes --------------------------------------
+
+
+def write_ours(path, metadata_text, tensors=None):
+    tensors = tensors if tensors is not None else {"combiner." + k: v.contiguous()
+                                                   for k, v in Combiner(2, 2, 2).state_dict().items()}
+    save_file(tensors, str(path), metadata={METADATA_KEY: metadata_text})
+    return path
+
+
+def meta(**config):
+    return json.dumps({"format": FORMAT, "provenance": {}, **config})
+
+
+TINY_COMBINER = {"clip_feature_dim": 2, "projection_dim": 2, "hidden_dim": 2}
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "JSON object, found list"),
+    (meta(clip={"model_name": "cir-tiny"}), "model_config"),
+    (meta(clip=["cir-tiny"]), "'clip' must be an object"),
+    (meta(combiner={**TINY_COMBINER, "dropout_rate": 0.5}), "dropout_rate"),
+    (meta(combiner={"clip_feature_dim": 2, "projection_dim": 2}), "hidden_dim"),
+    (meta(combiner={**TINY_COMBINER, "hidden_dim": "2"}), "positive integers"),
+    (meta(provenance="yesterday"), "provenance"),
+])
+def test_malformed_metadata_is_a_checkpoint_error(tmp_path, text, problem):
+    path = write_ours(tmp_path / "bad.safetensors", text)
+    for load in (read_checkpoint_config, load_checkpoint):
+        with pytest.raises(CheckpointError, match=problem):
+            load(path)
+
+
+def test_unbuildable_clip_config_is_a_checkpoint_error(tmp_path, tiny_clip):
+    spec = tiny_clip.describe()
+    spec["model_config"] = {**spec["model_config"], "not_an_open_clip_argument": 1}
+    tensors = {"clip." + k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}
+    path = write_ours(tmp_path / "odd.safetensors", meta(clip=spec), tensors)
+    with pytest.raises(CheckpointError, match="cannot be built.*not_an_open_clip_argument"):
+        load_checkpoint(path)
+
+
+def test_small_file_declaring_a_huge_combiner_is_refused_before_allocating(tmp_path):
+    huge = {"clip_feature_dim": 10 ** 7, "projection_dim": 4 * 10 ** 7, "hidden_dim": 8 * 10 ** 7}
+    path = write_ours(tmp_path / "huge.safetensors", meta(combiner=huge))
+    assert path.stat().st_size < 2000
+    expected = r"do not fit the declared.*combiner_layer.weight: stored \[2, 4\], declared \[80000000, 80000000\]"
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(path)
+
+
+def test_declared_clip_shapes_must_match_stored_ones(tmp_path, tiny_clip):
+    spec = tiny_clip.describe()
+    spec["model_config"] = {**spec["model_config"], "embed_dim": 10 ** 12}  # petabytes if allocated
+    tensors = {"clip." + k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}
+    path = write_ours(tmp_path / "wide.safetensors", meta(clip=spec), tensors)
+    with pytest.raises(CheckpointError, match="CLIP tensors do not fit the declared architecture"):
+        load_checkpoint(path)
+    deep = tiny_clip.describe()
+    deep["model_config"] = {**deep["model_config"], "text_cfg": {**deep["model_config"]["text_cfg"], "layers": 200}}
+    path = write_ours(tmp_path / "deep.safetensors", meta(clip=deep), tensors)
+    with pytest.raises(CheckpointError, match="declares 204 layers but the file stores only 110"):
+        load_checkpoint(path)
+
+
+def test_a_bundle_whose_combiner_does_not_fit_its_clip_is_refused(tmp_path, tiny_clip):
+    wrong = Combiner(640, 16, 16)
+    with pytest.raises(ModelMismatchError, match="640.*96"):
+        save_checkpoint(tmp_path / "never.safetensors", clip=tiny_clip, combiner=wrong)
+    assert not (tmp_path / "never.safetensors").exists()
+    tensors = {"clip." + k: v.contiguous() for k, v in tiny_clip.model.state_dict().items()}
+    tensors.update({"combiner." + k: v.contiguous() for k, v in wrong.state_dict().items()})
+    path = write_ours(tmp_path / "mixed.safetensors", meta(clip=tiny_clip.describe(), combiner=wrong.dims()), tensors)
+    with pytest.raises(CheckpointError, match="640.*96"):
+        load_checkpoint(path)

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cir_demo.model import Combiner, make_composer
+from cir_demo.model import Combiner, ModelMismatchError, check_compatible, make_composer
+from cir_demo.model.combiner import ModelMismatchError as FromCombiner
 
 
 def paper_formula(sd, image, text):
@@ -85,3 +86,18 @@ def test_composers_follow_their_definitions():
         make_composer("combiner")
     with pytest.raises(ValueError, match="unknown composer"):
         make_composer("product")
+
+
+class FakeClip:
+    name = "cir-tiny"
+    feature_dim = 96
+
+
+def test_check_compatible_names_both_widths():
+    check_compatible(FakeClip(), Combiner.for_feature_dim(96))  # fits: no error
+    check_compatible(FakeClip(), None)  # no Combiner: nothing to check
+    with pytest.raises(ModelMismatchError) as info:
+        check_compatible(FakeClip(), Combiner(640, 16, 16))
+    message = str(info.value)
+    assert "640" in message and "96" in message and "cir-tiny" in message
+    assert isinstance(info.value, ValueError) and ModelMismatchError is FromCombiner

@@ -8,12 +8,12 @@ from cir_demo.model.checkpoint import (
                                        save_checkpoint,
 )
 from cir_demo.model.clip import ClipModel, WeightsUnavailableError
-from cir_demo.model.combiner import Combiner
+from cir_demo.model.combiner import Combiner, ModelMismatchError, check_compatible
 from cir_demo.model.composers import COMPOSER_NAMES, Composer, Composition, make_composer
 from cir_demo.model.factory import load_clip
 
 __all__ = [
     "Checkpoint", "CheckpointError", "ClipModel", "Combiner", "COMPOSER_NAMES", "Composer", "Composition",
-    "WeightsUnavailableError", "load_checkpoint", "load_clip", "make_composer", "read_checkpoint_config",
-    "save_checkpoint",
+    "ModelMismatchError", "WeightsUnavailableError", "check_compatible", "load_checkpoint", "load_clip",
+    "make_composer", "read_checkpoint_config", "save_checkpoint",
 ]

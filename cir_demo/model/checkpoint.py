@@ -17,7 +17,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from cir_demo.config.files import atomic_write
 from cir_demo.model.clip import ClipModel, build_model, model_config_for, openai_model_name
-from cir_demo.model.combiner import Combiner, combiner_dims_from_state_dict
+from cir_demo.model.combiner import Combiner, ModelMismatchError, check_compatible, combiner_dims_from_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ FORMAT = "cir-demo-checkpoint/1"
 METADATA_KEY = "cir_demo"
 # Keys that OpenAI's CLIP state dicts may carry but that are not parameters.
 _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+COMBINER_KEYS = ("clip_feature_dim", "projection_dim", "hidden_dim")
 
 PathLike = Union[str, os.PathLike]
 
@@ -58,6 +59,8 @@ def save_checkpoint(path: PathLike, *, clip: Optional[ClipModel] = None, combine
     """
     if clip is None and combiner is None:
         raise ValueError("save_checkpoint needs a clip model, a combiner, or both")
+    if clip is not None:
+        check_compatible(clip, combiner)  # a bundle whose parts do not fit is never written
     tensors, config = {}, {"format": FORMAT, "provenance": provenance or {}}
     if clip is not None:
         config["clip"] = clip.describe()
@@ -80,7 +83,10 @@ def _prefixed(prefix: str, state_dict: dict, dtype: Optional[torch.dtype]) -> di
 
 
 def read_checkpoint_config(path: PathLike) -> dict:
-    """The embedded config of one of our checkpoints, without reading its tensors."""
+    """The embedded config of one of our checkpoints, without reading its tensors.
+
+    Its structure is checked: malformed metadata raises ``CheckpointError`` saying what is wrong.
+    """
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -89,7 +95,47 @@ def read_checkpoint_config(path: PathLike) -> dict:
     if METADATA_KEY not in metadata:
         raise CheckpointError(f"{path}: a safetensors file without our '{METADATA_KEY}' config; "
                               f"for plain open_clip weights pass it as pretrained= with a model name")
-    return json.loads(metadata[METADATA_KEY])
+    try:
+        config = json.loads(metadata[METADATA_KEY])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({err})") from None
+    problem = _config_problem(config)
+    if problem:
+        raise CheckpointError(f"{path}: malformed '{METADATA_KEY}' metadata: {problem}")
+    return config
+
+
+def _config_problem(config: object) -> Optional[str]:
+    """What is structurally wrong with a checkpoint config, or None."""
+    if not isinstance(config, dict):
+        return f"expected a JSON object, found {type(config).__name__}"
+    if not isinstance(config.get("provenance", {}), dict):
+        return "'provenance' must be an object"
+    if "clip" in config:
+        clip = config["clip"]
+        if not isinstance(clip, dict):
+            return f"'clip' must be an object, found {type(clip).__name__}"
+        if not isinstance(clip.get("model_config"), dict):
+            return "'clip' lacks a 'model_config' object (the open_clip config that rebuilds it)"
+        if not isinstance(clip.get("model_name"), str):
+            return "'clip' lacks a 'model_name' string"
+        if not isinstance(clip.get("preprocess", {}), dict):
+            return "'clip.preprocess' must be an object"
+    if "combiner" in config:
+        return _combiner_dims_problem(config["combiner"])
+    return None
+
+
+def _combiner_dims_problem(dims: object) -> Optional[str]:
+    if not isinstance(dims, dict):
+        return f"'combiner' must be an object, found {type(dims).__name__}"
+    unknown, missing = sorted(set(dims) - set(COMBINER_KEYS)), [k for k in COMBINER_KEYS if k not in dims]
+    if unknown or missing:
+        return f"'combiner' must have exactly {', '.join(COMBINER_KEYS)} (unknown: {unknown}, missing: {missing})"
+    bad = [k for k in COMBINER_KEYS if isinstance(dims[k], bool) or not isinstance(dims[k], int) or dims[k] <= 0]
+    if bad:
+        return f"'combiner' sizes must be positive integers: {', '.join(f'{k}={dims[k]!r}' for k in bad)}"
+    return None
 
 
 def load_checkpoint(path: PathLike, *, device: str = "cpu", model_name: Optional[str] = None) -> Checkpoint:
@@ -109,26 +155,84 @@ def load_checkpoint(path: PathLike, *, device: str = "cpu", model_name: Optional
 
 
 def load_our_checkpoint(path: Path) -> Checkpoint:
+    """Rebuild the models our checkpoint declares, after checking the stored shapes fit them.
+
+    The check builds each model on the meta device (no memory), so a small file that declares a
+    huge model is refused before anything is allocated.
+    """
     config = read_checkpoint_config(path)
     if config.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unsupported checkpoint format {config.get('format')!r} (expected {FORMAT})")
-    groups: dict[str, dict] = {"clip": {}, "combiner": {}}
+    ckpt = Checkpoint(config=config)
     with safe_open(str(path), framework="pt") as handle:
+        shapes: dict[str, dict] = {"clip": {}, "combiner": {}}
         for key in handle.keys():
             prefix, _, rest = key.partition(".")
-            if prefix in groups:
-                groups[prefix][rest] = handle.get_tensor(key)
-    ckpt = Checkpoint(config=config)
-    if "clip" in config:
-        spec = config["clip"]
-        model = build_model(spec["model_config"])
-        load_state_strict(model, groups["clip"], path, "CLIP")
-        ckpt.clip = ClipModel(model, name=spec["model_name"], model_config=spec["model_config"],
-                              preprocess=spec.get("preprocess", {}).get("mode", "targetpad"), source=str(path))
-    if "combiner" in config:
-        ckpt.combiner = Combiner(**config["combiner"])
-        load_state_strict(ckpt.combiner, groups["combiner"], path, "Combiner")
+            if prefix in shapes:
+                shapes[prefix][rest] = tuple(handle.get_slice(key).get_shape())
+
+        def tensors(prefix: str) -> dict:
+            return {rest: handle.get_tensor(f"{prefix}.{rest}") for rest in shapes[prefix]}
+
+        if "clip" in config:
+            spec = config["clip"]
+            _check_layer_count(spec["model_config"], len(shapes["clip"]), path)
+            model = _build_checked(lambda: build_model(spec["model_config"]), shapes["clip"], path, "CLIP")
+            load_state_strict(model, tensors("clip"), path, "CLIP")
+            try:
+                ckpt.clip = ClipModel(model, name=spec["model_name"], model_config=spec["model_config"],
+                                      preprocess=spec.get("preprocess", {}).get("mode", "targetpad"),
+                                      source=str(path))
+            except ValueError as err:
+                raise CheckpointError(f"{path}: {err}") from None
+        if "combiner" in config:
+            ckpt.combiner = _build_checked(lambda: Combiner(**config["combiner"]), shapes["combiner"], path,
+                                           "Combiner")
+            load_state_strict(ckpt.combiner, tensors("combiner"), path, "Combiner")
+    if ckpt.clip is not None:
+        try:
+            check_compatible(ckpt.clip, ckpt.combiner)
+        except ModelMismatchError as err:
+            raise CheckpointError(f"{path}: {err}") from None
     return ckpt
+
+
+def _check_layer_count(model_config: dict, stored_tensors: int, path: PathLike) -> None:
+    """Refuse a declared depth no stored weights could fill (every layer has at least one tensor).
+
+    Even on the meta device, building a million declared layers costs a million Python modules.
+    """
+    total = 0
+    for tower in ("vision_cfg", "text_cfg"):
+        cfg = model_config.get(tower)
+        layers = cfg.get("layers", 0) if isinstance(cfg, dict) else 0
+        layers = layers if isinstance(layers, (list, tuple)) else [layers]
+        total += sum(n for n in layers if isinstance(n, int))
+    if total > stored_tensors:
+        raise CheckpointError(f"{path}: the CLIP config declares {total} layers but the file stores only "
+                              f"{stored_tensors} CLIP tensors")
+
+
+def _build_checked(build: Callable[[], torch.nn.Module], stored: dict, path: PathLike,
+                   what: str) -> torch.nn.Module:
+    """``build()`` for real, once a meta-device build showed its tensor shapes equal ``stored``."""
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+    except Exception as err:  # any failure to build from declared metadata means bad metadata
+        raise CheckpointError(f"{path}: the declared {what} architecture cannot be built: "
+                              f"{type(err).__name__}: {err}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    stored = {k: v for k, v in stored.items() if k not in _NON_PARAMETER_KEYS}
+    problems = [f"missing {k}" for k in sorted(expected.keys() - stored.keys())]
+    problems += [f"unexpected {k}" for k in sorted(stored.keys() - expected.keys())]
+    problems += [f"{k}: stored {list(stored[k])}, declared {list(expected[k])}"
+                 for k in sorted(expected.keys() & stored.keys()) if stored[k] != expected[k]]
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointError(f"{path}: the stored {what} tensors do not fit the declared architecture: "
+                              f"{'; '.join(problems[:5])}{more}")
+    return build()
 
 
 def load_state_strict(module: torch.nn.Module, state_dict: dict, path: PathLike, what: str) -> None:

@@ -11,6 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class ModelMismatchError(ValueError):
+    """Two models that must work together do not fit (e.g. a Combiner sized for another CLIP)."""
+
+
 class Combiner(nn.Module):
     """Fuses a reference-image feature and a caption feature into a query feature.
 
@@ -79,3 +83,19 @@ def combiner_dims_from_state_dict(state_dict: dict) -> dict:
         raise ValueError(f"not a Combiner state dict: missing {err.args[0]!r}") from None
     return {"clip_feature_dim": int(proj.shape[1]), "projection_dim": int(proj.shape[0]),
             "hidden_dim": int(hidden.shape[0])}
+
+
+def check_compatible(clip, combiner: Combiner | None) -> None:
+    """Raise ``ModelMismatchError`` unless ``combiner`` takes ``clip``'s features (None passes).
+
+    ``clip`` is anything with ``feature_dim`` (a ``ClipModel``); the message names both widths.
+    """
+    if combiner is None:
+        return
+    expected, produced = int(combiner.dims()["clip_feature_dim"]), int(clip.feature_dim)
+    if expected != produced:
+        name = getattr(clip, "name", "the CLIP model")
+        raise ModelMismatchError(
+            f"the Combiner takes {expected}-dimensional CLIP features (clip_feature_dim={expected}) but "
+            f"{name!r} produces {produced}-dimensional ones (feature_dim={produced}); use the Combiner "
+            f"trained with this CLIP, or the CLIP it was trained with")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 from pathlib import Path
 from typing import Optional, Union
 from urllib.parse import urlparse
@@ -33,7 +32,14 @@ from cir_demo.model.checkpoint import (
     load_state_strict,
     safe_torch_load,
 )
-from cir_demo.model.clip import ClipModel, WeightsUnavailableError, build_model, model_config_for, openai_model_name
+from cir_demo.model.clip import (
+    ClipModel,
+    WeightsUnavailableError,
+    build_model,
+    model_config_for,
+    openai_model_name,
+    unreachable_reason,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +179,9 @@ def _require_network(what: str, tag_cfg: dict, timeout: float = 3.0) -> None:
               f"in weights/ (the default).")
     if hub_offline():
         raise WeightsUnavailableError(advice.format(why="HF_HUB_OFFLINE=1 is set and they are not cached"))
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    host = urlparse(endpoint).hostname or "huggingface.co"
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     if not tag_cfg.get("hf_hub") and tag_cfg.get("url"):
-        host = urlparse(tag_cfg["url"]).hostname or host
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            pass
-    except OSError as err:
-        raise WeightsUnavailableError(advice.format(why=f"{host} is unreachable ({err})")) from None
+        url = tag_cfg["url"]
+    why = unreachable_reason(url, timeout)
+    if why:
+        raise WeightsUnavailableError(advice.format(why=why))
