@@ -42,12 +42,12 @@ def user_errors() -> tuple:
     """Exceptions that describe bad input (files, data, models), not bugs."""
     from cir_demo.data.datasets import DatasetError
     from cir_demo.index import IndexFormatError, IndexMismatchError
-    from cir_demo.model import CheckpointError, WeightsUnavailableError
+    from cir_demo.model import CheckpointError, ModelMismatchError, WeightsUnavailableError
     from cir_demo.pipeline.encode import ImageReadError
     from cir_demo.serve.deploy import ConfigError
     from cir_demo.serve.engine import QueryError
 
-    return (ConfigError, DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError, CheckpointError,
+    return (ConfigError, DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError, CheckpointError, ModelMismatchError,
             WeightsUnavailableError, FileNotFoundError, FileExistsError)
 
 

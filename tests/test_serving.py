@@ -9,7 +9,7 @@ import torch
 from cir_demo.config import WEIGHTS_DIR
 from cir_demo.data.datasets import load_cirr, load_fashioniq
 from cir_demo.index import IndexMismatchError, load_index, save_index
-from cir_demo.model import Combiner, load_checkpoint, load_clip
+from cir_demo.model import Combiner, ModelMismatchError, load_checkpoint, load_clip
 from cir_demo.pipeline.indexing import index_manifest
 from cir_demo.serve.catalog import Catalog
 from cir_demo.serve.deploy import parse_config
@@ -173,7 +173,7 @@ def test_engine_refuses_indexes_it_cannot_serve(tmp_path):
     save_index(tmp_path / "wide", np.zeros((4, clip.feature_dim + 1), np.float32) + 1, list("abcd"), manifest)
     with pytest.raises(IndexMismatchError, match=f"{clip.feature_dim + 1}-d"):
         engine.add_gallery("wide", load_index(tmp_path / "wide"))
-    with pytest.raises(IndexMismatchError, match="Combiner takes 50-d features"):
+    with pytest.raises(ModelMismatchError, match="Combiner takes 50-dimensional"):
         Engine(clip, Combiner.for_feature_dim(50), device="cpu")
 
 
@@ -184,3 +184,23 @@ def test_catalog_refuses_duplicates_and_unknowns(catalog, deployment):
         catalog.add_gallery("fashioniq", "dress", load_index(deployment.cache_dir / "indexes" / "fashioniq-dress"))
     with pytest.raises(QueryError, match="unknown gallery"):
         catalog.search("nope", reference="a", caption="b")
+
+
+def test_concurrent_searches_with_a_tiny_caption_cache(catalog):
+    """Gradio answers requests in threads: a 1-entry caption cache must not lose entries mid-query."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ckpt = load_checkpoint(WEIGHTS_DIR / "cirr.safetensors")
+    engine = Engine(ckpt.clip, ckpt.combiner, device="cpu", text_cache_size=1, **EXACT)
+    engine.galleries = catalog.engine_for("scenes").galleries
+    reference = catalog.names("scenes")[0]
+    captions = [f"add {n} red balls" for n in range(6)]
+    want = {c: [h.name for h in engine.search("scenes", reference=reference, caption=c, k=5).hits] for c in captions}
+
+    def one(i):
+        caption = captions[i % len(captions)]
+        got = engine.search("scenes", reference=reference, caption=caption, k=5)
+        return [h.name for h in got.hits] == want[caption]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(one, range(8 * 150)))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -29,8 +28,9 @@ from cir_demo.config.runtime import default_device
 from cir_demo.index import Gallery, GalleryIndex, IndexMismatchError, rebuild_hint
 from cir_demo.index import kernels as K
 from cir_demo.model.clip import ClipModel
-from cir_demo.model.combiner import Combiner
+from cir_demo.model.combiner import Combiner, check_compatible
 from cir_demo.model.composers import COMPOSER_NAMES, Composer, make_composer
+from cir_demo.serve.cache import LRUCache
 from cir_demo.serve.results import Hit, SearchResult
 from cir_demo.pipeline.encode import encode_pil_images
 from cir_demo.serve.text_tower import make_text_tower, resolve_text_dtype
@@ -84,10 +84,7 @@ class Engine:
         ``eval`` encodes under fp16 autocast, as the paper's code does). ``cuda_graphs``: replay
         captured graphs for single captions on CUDA (default on there). The image tower stays as
         loaded, so uploads match indexed features. ``name`` labels the bundle in messages."""
-        if combiner is not None and combiner.dims()["clip_feature_dim"] != clip.feature_dim:
-            raise IndexMismatchError(
-                f"the Combiner takes {combiner.dims()['clip_feature_dim']}-d features but the CLIP "
-                f"{clip.name!r} makes {clip.feature_dim}-d ones: load the Combiner trained on this CLIP")
+        check_compatible(clip, combiner)
         self.name = name
         self.device = default_device(device)
         self.clip = clip.to(self.device)
@@ -101,8 +98,7 @@ class Engine:
             name: make_composer(name, self.combiner) for name in COMPOSER_NAMES
             if name != "combiner" or self.combiner is not None}
         self.galleries: dict[str, GalleryEntry] = {}
-        self._text_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._text_cache_size = text_cache_size
+        self._text_cache = LRUCache(text_cache_size)  # thread-safe: Gradio serves requests concurrently
 
     def clear_caches(self) -> None:
         """Forget cached caption features (e.g. between benchmark runs)."""
@@ -146,18 +142,10 @@ class Engine:
     @torch.inference_mode()
     def text_features(self, captions: Sequence[str]) -> torch.Tensor:
         """Raw caption features (B, D) float32 on the device, through the LRU cache."""
-        missing = [c for c in dict.fromkeys(captions) if c not in self._text_cache]
-        if missing:
-            feats = torch.cat([self.text_tower(self.clip.tokenize(missing[i:i + 256]))  # (M, D) float32
-                               for i in range(0, len(missing), 256)])
-            for caption, feat in zip(missing, feats):
-                self._text_cache[caption] = feat
-        for caption in captions:
-            self._text_cache.move_to_end(caption)
-        out = torch.stack([self._text_cache[c] for c in captions])  # read before evicting
-        while len(self._text_cache) > self._text_cache_size:
-            self._text_cache.popitem(last=False)
-        return out
+        def encode(missing: list) -> list:
+            return list(torch.cat([self.text_tower(self.clip.tokenize(missing[i:i + 256]))  # (M, D) float32
+                                   for i in range(0, len(missing), 256)]))
+        return torch.stack(self._text_cache.get_or_compute_many(captions, encode))
 
     @torch.inference_mode()
     def image_features(self, image: Image.Image) -> torch.Tensor:
