@@ -1,21 +1,26 @@
-"""Gradio front end (Hugging Face Spaces entry point).
+"""The composed image retrieval demo (Hugging Face Spaces entry point).
 
-The interactive demo is built on the engine in a later step; until then this entry point
-says what exists instead of failing.
+``python app.py [--config FILE] [--host H] [--port P] [--public-url URL]`` serves a deployment config:
+``$CIR_DEMO_CONFIG``, else the built-in offline world with the bundled weights. Importing this module
+(as Spaces and ``gradio app.py`` do) builds the module-level ``demo``; only running it launches.
 """
 
 import sys
 
-
-def main() -> int:
-    print("cir_demo: the Gradio demo is not built yet (it comes next, on the engine).\n"
-          "What works today, offline, with the bundled weights:\n"
-          "  .venv/bin/python -m cir_demo --help\n"
-          "  .venv/bin/python -m cir_demo synth --out data/world\n"
-          "  .venv/bin/python -m cir_demo eval --data data/world/fashioniq "
-          "--clip weights/fashioniq.safetensors --combiner weights/fashioniq.safetensors")
-    return 0
-
+from cir_demo.ui.serve import add_arguments, build_app, launch
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="app.py", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args()
+else:
+    args = None
+
+demo, catalog = build_app(args.config if args else None, public_url=args.public_url if args else None,
+                          device=args.device if args else None)
+
+if __name__ == "__main__":
+    launch(demo, host=args.host, port=args.port)
+    sys.exit(0)

@@ -1,10 +1,14 @@
-"""Shared test setup: offline, quiet, deterministic, small."""
+"""Shared test setup: offline, quiet, deterministic, small; one launched app for the app tests."""
 
 import os
+import socket
+import tempfile
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# Gradio's upload/cache folder for this test session only, so tests can look inside it.
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="cir-gradio-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -15,3 +19,35 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory):
+    """The built-in deployment (what `python app.py` serves), launched on a free local port.
+
+    Yields (demo, catalog, base_url). The world's val images and the indexes are made in a
+    temporary cache, as on a fresh machine.
+    """
+    from cir_demo.ui.serve import build_app, launch
+
+    # CIR_DEMO_TEST_CACHE reuses a prepared cache between local runs (CI always starts fresh).
+    cache = os.environ.get("CIR_DEMO_TEST_CACHE") or tmp_path_factory.mktemp("app-cache")
+    old = os.environ.get("CIR_DEMO_CACHE")
+    os.environ["CIR_DEMO_CACHE"] = str(cache)
+    try:
+        demo, catalog = build_app(None, progress=False, device="cpu")
+        port = free_port()
+        launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        yield demo, catalog, f"http://127.0.0.1:{port}/"
+    finally:
+        if old is None:
+            os.environ.pop("CIR_DEMO_CACHE", None)
+        else:
+            os.environ["CIR_DEMO_CACHE"] = old
+    demo.close()

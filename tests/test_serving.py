@@ -11,7 +11,6 @@ from cir_demo.data.datasets import load_cirr, load_fashioniq
 from cir_demo.index import IndexMismatchError, load_index, save_index
 from cir_demo.model import Combiner, ModelMismatchError, load_checkpoint, load_clip
 from cir_demo.pipeline.indexing import index_manifest
-from cir_demo.serve.catalog import Catalog
 from cir_demo.serve.deploy import parse_config
 from cir_demo.serve.engine import Engine, QueryError
 from cir_demo.serve.prepare import ensure_index, load_deployment, world_is_current

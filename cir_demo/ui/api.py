@@ -1,0 +1,72 @@
+"""Named API endpoints (``gradio_client``): the library's answers as plain JSON, one per user action.
+
+Registered inside the Blocks with ``gr.api``; each raises ``gr.Error`` with a clear message on bad
+input. Signatures (also in the README):
+
+* ``galleries() -> list[dict]``
+* ``page(gallery, page=1, per_page=24) -> {"names", "page", "pages", "total"}``
+* ``random_reference(gallery) -> {"reference", "captions"}``
+* ``captions(gallery, reference) -> list[str]``
+* ``search(gallery, reference, caption, k=50, composer="combiner") -> SearchResult as a dict``
+* ``compare(gallery, reference, caption, k=10) -> {composer: SearchResult as a dict}``
+* ``browse(gallery, composer="combiner", outcome="all", hit_at=10, words="", sort="worst first")
+  -> {"summary", "headers", "rows"}``
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from cir_demo.serve.catalog import Catalog
+from cir_demo.ui.browse import browse as browse_rows
+from cir_demo.ui.handlers import user_facing
+
+
+def register(catalog: Catalog) -> None:
+    """Add the endpoints to the Blocks being built (call inside ``with gr.Blocks()``)."""
+
+    @user_facing
+    def galleries() -> list:
+        """Every gallery: name, bundle, dataset, split, category, image and triplet counts."""
+        return [g.to_dict() for g in catalog.galleries()]
+
+    @user_facing
+    def page(gallery: str, page: int = 1, per_page: int = 24) -> dict:
+        """One page of a gallery's image names."""
+        p = catalog.page(gallery, page, per_page)
+        return {"names": p.names, "page": p.page, "pages": p.pages, "total": p.total}
+
+    @user_facing
+    def random_reference(gallery: str) -> dict:
+        """A random reference (one with known triplets when the gallery has any) and its captions."""
+        name = catalog.random_reference(gallery)
+        return {"reference": name, "captions": catalog.suggestions(gallery, name)}
+
+    @user_facing
+    def captions(gallery: str, reference: str) -> list:
+        """The dataset's captions for a reference image (as the evaluation phrases them)."""
+        if not catalog.has_image(gallery, reference):
+            raise gr.Error(f"unknown gallery image name {reference!r} in gallery {gallery!r}")
+        return catalog.suggestions(gallery, reference)
+
+    @user_facing
+    def search(gallery: str, reference: str, caption: str, k: int = 50, composer: str = "combiner") -> dict:
+        """Top-K for a gallery reference + caption; a known triplet's target rank and group are filled in."""
+        return catalog.search(gallery, reference=reference, caption=caption, k=k, composer=composer).to_dict()
+
+    @user_facing
+    def compare(gallery: str, reference: str, caption: str, k: int = 10) -> dict:
+        """The same query under every composer the bundle has (Combiner, sum, image only, text only)."""
+        results = catalog.compare(gallery, reference=reference, caption=caption, k=k)
+        return {name: result.to_dict() for name, result in results.items()}
+
+    @user_facing
+    def browse(gallery: str, composer: str = "combiner", outcome: str = "all", hit_at: int = 10,
+               words: str = "", sort: str = "worst first") -> dict:
+        """Every validation triplet with its target's rank (filtered, sorted) and the summary figures."""
+        _, headers, body = browse_rows(catalog, gallery, composer, outcome=outcome, hit_at=hit_at, words=words,
+                                       sort=sort)
+        return {"summary": catalog.rank_split(gallery, composer).summary, "headers": headers, "rows": body}
+
+    for fn in (galleries, page, random_reference, captions, search, compare, browse):
+        gr.api(fn, api_name=fn.__name__)

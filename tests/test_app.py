@@ -1,0 +1,123 @@
+"""The app's named API endpoints through gradio_client, checked against the library's own answers;
+upload privacy and which files the server serves."""
+
+import hashlib
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cir_demo.config import PROJECT_DIR
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    from gradio_client import Client
+
+    return Client(app[2], verbose=False)
+
+
+def test_endpoints_are_named_and_documented(client):
+    named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/search", "/compare", "/random_reference", "/captions", "/browse", "/galleries", "/page"} <= named
+
+
+def test_galleries_page_captions_and_random(client, app):
+    _, catalog, _ = app
+    galleries = client.predict(api_name="/galleries")
+    assert [g["name"] for g in galleries] == ["dress", "shirt", "toptee", "scenes"]
+    assert [g["bundle"] for g in galleries] == ["fashioniq"] * 3 + ["cirr"]
+    page = client.predict("shirt", 2, 10, api_name="/page")
+    assert page["names"] == catalog.names("shirt")[10:20] and page["page"] == 2 and page["total"] == 490
+    picked = client.predict("scenes", api_name="/random_reference")
+    assert picked["captions"] == catalog.suggestions("scenes", picked["reference"]) and picked["captions"]
+    assert client.predict("scenes", picked["reference"], api_name="/captions") == picked["captions"]
+
+
+@pytest.mark.parametrize("gallery", ["dress", "scenes"])
+def test_search_and_compare_equal_the_catalog(client, app, gallery):
+    _, catalog, _ = app
+    triplet = catalog.triplet(gallery, 3)
+    caption = catalog.suggestions(gallery, triplet.reference)[0]
+    got = client.predict(gallery, triplet.reference, caption, 20, "combiner", api_name="/search")
+    want = catalog.search(gallery, reference=triplet.reference, caption=caption, k=20).to_dict()
+    assert [h["name"] for h in got["hits"]] == [h["name"] for h in want["hits"]]
+    assert [h["score"] for h in got["hits"]] == pytest.approx([h["score"] for h in want["hits"]], abs=1e-6)
+    assert got["lam"] == pytest.approx(want["lam"])
+    assert got["target"] == triplet.target and got["target_rank"] == want["target_rank"]
+    assert bool(got["subset"]) == (gallery == "scenes")
+    compared = client.predict(gallery, triplet.reference, caption, 5, api_name="/compare")
+    assert set(compared) == {"combiner", "sum", "image", "text"}
+    for name, result in compared.items():
+        direct = catalog.search(gallery, reference=triplet.reference, caption=caption, k=5, composer=name)
+        assert [h["name"] for h in result["hits"]] == [h.name for h in direct.hits]
+    assert compared["combiner"]["lam"] is not None and compared["sum"]["lam"] is None
+
+
+def test_browse_equals_rank_split(client, app):
+    _, catalog, _ = app
+    out = client.predict("dress", "combiner", "misses", 10, "", "worst first", api_name="/browse")
+    ranks = catalog.rank_split("dress")
+    assert out["summary"] == pytest.approx(ranks.summary)
+    misses = sorted((r for r in ranks.rows if r.rank > 10), key=lambda r: (-r.rank, r.index))
+    assert [row[0] for row in out["rows"]] == [r.index for r in misses]
+    assert all(row[4] > 10 for row in out["rows"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (("hats", "x", "is red"), "unknown gallery 'hats'"),
+    (("dress", "../../weights/fashioniq.safetensors", "is red"), "unknown gallery image name"),
+    (("dress", "{ref}", "   "), "please write how the wanted image differs"),
+    (("dress", "{ref}", "is red", 0), "K must be a whole number"),
+    (("dress", "{ref}", "is red", 10 ** 7), "K must be a whole number"),
+    (("dress", "{ref}", "is red", 5, "magic"), "unknown composer 'magic'"),
+])
+def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(client, app, args, message):
+    from gradio_client.exceptions import AppError
+
+    ref = app[1].names("dress")[0]
+    args = tuple(a.format(ref=ref) if isinstance(a, str) else a for a in args)
+    with pytest.raises(AppError, match=message) as err:
+        client.predict(*args, api_name="/search")
+    assert "Traceback" not in str(err.value)
+    assert client.predict("dress", ref, "is red", 3, api_name="/search")["hits"]
+
+
+def all_files(folder: Path):
+    return [p for p in Path(folder).rglob("*") if p.is_file()]
+
+
+def test_no_copy_of_an_upload_remains_on_disk(client, app, tmp_path):
+    from gradio_client import handle_file
+
+    rng = np.random.default_rng(7)
+    photo = tmp_path / "holiday-photo-7.png"
+    Image.fromarray((rng.random((90, 70, 3)) * 255).astype(np.uint8)).save(photo)
+    digest = hashlib.sha256(photo.read_bytes()).hexdigest()
+    client.predict(handle_file(str(photo)), api_name="/ui_upload")
+    roots = [Path(os.environ["GRADIO_TEMP_DIR"]), Path("/tmp/cir_demo_results")]
+    leftovers = [p for root in roots if root.exists() for p in all_files(root)
+                 if p.name == photo.name or hashlib.sha256(p.read_bytes()).hexdigest() == digest]
+    assert leftovers == []
+
+
+def fetch(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def test_only_gallery_images_and_assets_are_served(app):
+    _, catalog, base = app
+    image = catalog.image_path("dress", catalog.names("dress")[0]).resolve()
+    assert fetch(f"{base}gradio_api/file={image}") == 200
+    assert fetch(f"{base}gradio_api/file={PROJECT_DIR / 'assets' / 'synthetic_world.png'}") == 200
+    for secret in [PROJECT_DIR / "weights" / "fashioniq.safetensors", PROJECT_DIR / "app.py", Path("/etc/passwd"),
+                   image.parent / ".." / ".." / "fashioniq" / "synth.json"]:
+        assert fetch(f"{base}gradio_api/file={secret}") in (403, 404), secret
