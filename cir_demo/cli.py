@@ -47,8 +47,8 @@ def user_errors() -> tuple:
     from cir_demo.serve.deploy import ConfigError
     from cir_demo.serve.engine import QueryError
 
-    return (ConfigError, DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError, CheckpointError, ModelMismatchError,
-            WeightsUnavailableError, FileNotFoundError, FileExistsError)
+    return (ConfigError, DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError,
+            CheckpointError, ModelMismatchError, WeightsUnavailableError, FileNotFoundError, FileExistsError)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
