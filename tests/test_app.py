@@ -121,3 +121,23 @@ def test_only_gallery_images_and_assets_are_served(app):
     for secret in [PROJECT_DIR / "weights" / "fashioniq.safetensors", PROJECT_DIR / "app.py", Path("/etc/passwd"),
                    image.parent / ".." / ".." / "fashioniq" / "synth.json"]:
         assert fetch(f"{base}gradio_api/file={secret}") in (403, 404), secret
+
+
+def readme_row(title_fragment: str, table_header: str) -> str:
+    """The Combiner row of the README table that follows ``table_header``."""
+    text = (PROJECT_DIR / "README.md").read_text(encoding="utf-8")
+    table = text[text.index(table_header):]
+    return next(line for line in table.splitlines() if title_fragment in line)
+
+
+def test_validation_browser_reproduces_the_published_numbers(app):
+    """The batch ranks of the served galleries give exactly the README's (eval's) Combiner figures."""
+    _, catalog, _ = app
+    row = readme_row("Combiner (stage 2)", "FashionIQ layout, Recall@10")
+    for category in ("dress", "shirt", "toptee"):
+        summary = catalog.rank_split(category).summary
+        assert f"{summary['R@10']:.2f} / {summary['R@50']:.2f}" in row, category
+    summary = catalog.rank_split("scenes").summary
+    cells = [c.strip(" *") for c in readme_row("Combiner (stage 2)", "CIRR layout (reference removed)").split("|")]
+    want = [f"{summary[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg")]
+    assert cells[2:10] == want

@@ -73,18 +73,22 @@ class Gallery:
         self.manifest = dict(manifest or {})
         self.device = default_device(device)
         self.compute_dtype = resolve_dtype(compute_dtype, self.device, raw.shape[0])
-        self._raw = raw.detach().to(self.device, torch.float16).contiguous()  # (N, D) raw fp16
-        if not bool(torch.isfinite(self._raw).all()):
+        # Normalise where the features are (the CPU, as loaded), then only transfer: no CUDA work
+        # happens at construction (ZeroGPU attaches a GPU only inside a request).
+        host = raw.detach().to(torch.float16)
+        if not bool(torch.isfinite(host).all()):
             raise ValueError("features contain NaN/inf (or values beyond the fp16 range)")
-        self._norms = torch.empty(len(self.names), device=self.device)  # (N,) fp32, canonical
-        self._matrix = torch.empty_like(self._raw, dtype=self.compute_dtype)  # (N, D) unit rows
+        norms = torch.empty(len(self.names), device=host.device)  # (N,) fp32, canonical
+        matrix = torch.empty_like(host, dtype=self.compute_dtype)  # (N, D) unit rows
+        step = max(1, (1 << 22) // host.shape[1])
+        for a in range(0, len(self.names), step):  # blocked: never a full fp32 copy
+            block = host[a:a + step].float()  # (B, D)
+            norms[a:a + step] = K.row_norms(block)
+            matrix[a:a + step] = (block / norms[a:a + step, None]).to(self.compute_dtype)
+        self._raw = host.to(self.device).contiguous()  # (N, D) raw fp16
+        self._norms, self._matrix = norms.to(self.device), matrix.to(self.device)
         self._step_elems = _RESCORE_ELEMS.get(self.device.type, 1 << 22)
-        step = max(1, self._step_elems // self.dim)
-        for a in range(0, len(self.names), step):  # blocked: never a full fp32 copy on the device
-            block = self._raw[a:a + step].float()  # (B, D)
-            self._norms[a:a + step] = K.row_norms(block)
-            self._matrix[a:a + step] = (block / self._norms[a:a + step, None]).to(self.compute_dtype)
-        self._out_dtype = self._probe_out_dtype()
+        self._out_dtype_probed = None
         logger.debug("gallery of %d x %d on %s, scan dtype %s", len(self), self.dim, self.device,
                      self.compute_dtype)
 
@@ -184,7 +188,7 @@ class Gallery:
     def _scan(self, q: torch.Tensor) -> torch.Tensor:
         """Approximate scores (B, N) of the whole gallery in the scan dtype."""
         qc = q.to(self.compute_dtype)
-        if self._out_dtype == torch.float32 and self.compute_dtype != torch.float32:
+        if self._out_dtype() == torch.float32 and self.compute_dtype != torch.float32:
             return torch.mm(qc, self._matrix.T, out_dtype=torch.float32)
         if qc.shape[0] == 1:  # one query: a matrix-vector product
             return torch.mv(self._matrix, qc[0])[None]
@@ -196,7 +200,7 @@ class Gallery:
         in_roundoff = None
         if cuda and self.compute_dtype == torch.float32:
             in_roundoff = _FP32_MATMUL_ROUNDOFF.get(torch.get_float32_matmul_precision(), 2.0 ** -7)
-        return K.error_bound(q.norm(dim=1), self.dim, self.compute_dtype, self._out_dtype,
+        return K.error_bound(q.norm(dim=1), self.dim, self.compute_dtype, self._out_dtype(),
                              _CUDA_SAFETY if cuda else 1.0, in_roundoff)
 
     def _rescore(self, q: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -226,15 +230,18 @@ class Gallery:
                     self._raw[c:c + s_step], q[a:a + b_step, None, :], self._norms[c:c + s_step])  # (b, s)
         return out
 
-    def _probe_out_dtype(self) -> torch.dtype:
-        """fp32 output from a reduced-precision scan when the backend supports it (CUDA), else the scan dtype."""
-        if self.compute_dtype == torch.float32 or self.device.type != "cuda":
-            return self.compute_dtype
-        try:
-            torch.mm(self._matrix[:1], self._matrix[:1].T, out_dtype=torch.float32)
-            return torch.float32
-        except (RuntimeError, TypeError):
-            return self.compute_dtype
+    def _out_dtype(self) -> torch.dtype:
+        """fp32 output from a reduced-precision scan when the backend supports it (CUDA), else the scan
+        dtype; probed on first use, not at construction."""
+        if self._out_dtype_probed is None:
+            self._out_dtype_probed = self.compute_dtype
+            if self.compute_dtype != torch.float32 and self.device.type == "cuda":
+                try:
+                    torch.mm(self._matrix[:1], self._matrix[:1].T, out_dtype=torch.float32)
+                    self._out_dtype_probed = torch.float32
+                except (RuntimeError, TypeError):
+                    pass
+        return self._out_dtype_probed
 
     def _check_queries(self, queries: torch.Tensor) -> tuple[torch.Tensor, bool]:
         if not torch.is_tensor(queries) or queries.ndim not in (1, 2) or queries.shape[-1] != self.dim:

@@ -20,6 +20,7 @@ import gradio as gr
 from cir_demo.serve.catalog import Catalog
 from cir_demo.ui.browse import browse as browse_rows
 from cir_demo.ui.handlers import user_facing
+from cir_demo.ui.zerogpu import gpu
 
 
 def register(catalog: Catalog) -> None:
@@ -69,4 +70,4 @@ def register(catalog: Catalog) -> None:
         return {"summary": catalog.rank_split(gallery, composer).summary, "headers": headers, "rows": body}
 
     for fn in (galleries, page, random_reference, captions, search, compare, browse):
-        gr.api(fn, api_name=fn.__name__)
+        gr.api(gpu(fn) if fn in (search, compare, browse) else fn, api_name=fn.__name__)

@@ -24,6 +24,7 @@ from cir_demo.serve.results import SearchResult
 from cir_demo.ui import session as S
 from cir_demo.ui.links import query_string
 from cir_demo.ui.uploads import read_upload
+from cir_demo.ui.zerogpu import gpu
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ class Handlers:
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
+        for name in ("search", "compare", "upload", "search_if_caption"):  # the calls that run the models
+            setattr(self, name, gpu(getattr(self, name)))
 
     # ---- references ---------------------------------------------------------------------------
     def reference_view(self, state: dict):

@@ -35,12 +35,13 @@ def build_app(config: Optional[str] = None, *, public_url: Optional[str] = None,
 
     from cir_demo.serve.prepare import load_deployment
     from cir_demo.ui.layout import build_demo
-    from cir_demo.ui.zerogpu import serving_device
+    from cir_demo.ui.zerogpu import on_zerogpu, serving_device
 
     start = time.perf_counter()
     catalog = load_deployment(config, device=device or serving_device(), progress=progress,
                               report=lambda line: print(line, file=sys.stderr, flush=True))
-    catalog.warm_up()
+    if not on_zerogpu():  # there, no GPU work may happen outside a request
+        catalog.warm_up()
     # Only the gallery folders and our assets are served as files; nothing else is reachable.
     gr.set_static_paths([*catalog.image_roots(), PROJECT_DIR / "assets"])
     demo = build_demo(catalog, public=public_url)

@@ -1,0 +1,122 @@
+"""The app's pieces without a server: session chain, deep links, QR, browser filters, uploads, ZeroGPU."""
+
+import importlib.machinery
+import sys
+import types
+from urllib.parse import parse_qs
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cir_demo.serve.results import SplitRanks, TripletRank
+from cir_demo.ui import session as S
+from cir_demo.ui.browse import filter_rows, table
+from cir_demo.ui.links import parse_link, public_url, query_string
+
+
+def test_refinement_chain_push_back_and_limits():
+    state = S.new_state("dress")
+    assert S.current(state) is None and "No reference yet" in S.crumbs(state)
+    a = S.push(state, {"name": "a"})
+    b = S.push(a, {"name": "b"})
+    assert S.push(b, {"name": "b"}) == b  # clicking the current reference adds no step
+    assert state["chain"] == [] and a["chain"] == [{"name": "a"}]  # never mutated
+    assert S.crumbs(b) == "Reference: `a` → **`b`**"
+    assert S.reference_name(S.back(b)) == "a" and S.back(S.back(b)) == S.back(b)  # the first step stays
+    long = state
+    for i in range(S.MAX_CHAIN + 5):
+        long = S.push(long, {"name": str(i)})
+    assert len(long["chain"]) == S.MAX_CHAIN and S.reference_name(long) == str(S.MAX_CHAIN + 4)
+    up = S.push(b, {"upload": object(), "label": "your upload"})
+    assert S.reference_name(up) is None and "**`your upload`**" in S.crumbs(up)
+
+
+def test_deep_links_round_trip_and_public_url(monkeypatch):
+    q = query_string("scenes", "val-3-img1", "add a red ball & make it big", 12, "sum")
+    parsed = {k: v[0] for k, v in parse_qs(q).items()}
+    assert parse_link({**parsed, "evil": "x"}) == {"gallery": "scenes", "ref": "val-3-img1",
+                                                     "q": "add a red ball & make it big", "k": "12", "composer": "sum"}
+    assert query_string("dress", None, "", 50, "combiner") == "gallery=dress"
+    monkeypatch.delenv("SPACE_HOST", raising=False)
+    assert public_url(None, "http://127.0.0.1:7860") == "http://127.0.0.1:7860/"
+    monkeypatch.setenv("SPACE_HOST", "you-cir.hf.space")
+    assert public_url(None, "http://10.0.0.1:7860") == "https://you-cir.hf.space/"
+    assert public_url("https://poster.example/cir", None) == "https://poster.example/cir/"
+
+
+def test_qr_png_is_a_readable_code_of_the_url(tmp_path):
+    import qrcode
+
+    from cir_demo.ui.qr import qr_image, qr_png
+
+    url = "https://example.org/cir?gallery=dress"
+    path = qr_png(url, tmp_path)
+    assert path == qr_png(url, tmp_path) and path != qr_png(url + "x", tmp_path)
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L"))
+    assert pixels.shape[0] == pixels.shape[1] and set(np.unique(pixels)) == {0, 255}
+    # The modules drawn are the code's own matrix for this URL (12 px per module, 4 modules border).
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, box_size=1, border=0)
+    code.add_data(url)
+    code.make(fit=True)
+    matrix = np.array(code.get_matrix())
+    sampled = pixels[48 + 6::12, 48 + 6::12][:matrix.shape[0], :matrix.shape[1]] == 0
+    assert (sampled == matrix).all()
+    assert qr_image(url).size == pixels.shape[::-1]
+
+
+def ranks():
+    rows = [TripletRank(0, "a", "is red", "t0", 3), TripletRank(1, "b", "is darker red", "t1", 40),
+            TripletRank(2, "c", "has stripes", "t2", 11), TripletRank(3, "d", "is red and long", "t3", 1)]
+    return SplitRanks("dress", "combiner", rows, {"R@10": 50.0, "R@50": 100.0})
+
+
+def test_browser_filters_and_orders():
+    r = ranks()
+    assert [x.index for x in filter_rows(r)] == [1, 2, 0, 3]  # worst first
+    assert [x.index for x in filter_rows(r, outcome="hits")] == [0, 3]
+    assert [x.index for x in filter_rows(r, outcome="misses", sort="best first")] == [2, 1]
+    assert [x.index for x in filter_rows(r, words="RED is", sort="triplet order")] == [0, 1, 3]
+    assert [x.index for x in filter_rows(r, rank_min=2, rank_max=11)] == [2, 0]
+    assert [x.index for x in filter_rows(r, outcome="hits", hit_at=1)] == [3]
+    with pytest.raises(ValueError, match="outcome must be one of"):
+        filter_rows(r, outcome="maybe")
+    headers, body = table(r, filter_rows(r)[:1])
+    assert headers == ["#", "rank", "reference", "target", "caption"] and body == [[1, 40, "b", "t1", "is darker red"]]
+
+
+def test_an_upload_is_deleted_even_when_it_is_not_an_image(tmp_path, monkeypatch):
+    from cir_demo.pipeline.encode import ImageReadError
+    from cir_demo.ui import uploads
+
+    monkeypatch.setattr(uploads, "upload_folder", lambda: tmp_path.resolve())
+    folder = tmp_path / "abc123"
+    folder.mkdir()
+    good, bad = folder / "photo.png", tmp_path / "x" / "notes.png"
+    bad.parent.mkdir()
+    Image.new("RGBA", (30, 20), (10, 200, 30, 128)).save(good)
+    bad.write_bytes(b"not an image at all")
+    image = uploads.read_upload(good)
+    assert image.mode == "RGB" and image.size == (30, 20)
+    assert not good.exists() and not folder.exists()  # the file and the folder Gradio made for it
+    with pytest.raises(ImageReadError):
+        uploads.read_upload(bad)
+    assert not bad.exists()
+
+
+def test_zerogpu_wraps_model_calls_only_on_a_zerogpu_space(monkeypatch):
+    from cir_demo.ui import zerogpu
+
+    def fn():
+        return 1
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    assert zerogpu.gpu(fn) is fn and zerogpu.serving_device() is None
+    fake = types.ModuleType("spaces")
+    fake.__spec__ = importlib.machinery.ModuleSpec("spaces", None)
+    fake.GPU = lambda f: ("wrapped", f)
+    monkeypatch.setitem(sys.modules, "spaces", fake)
+    assert zerogpu.gpu(fn) is fn  # the package alone is not a ZeroGPU Space
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert zerogpu.gpu(fn) == ("wrapped", fn) and zerogpu.serving_device() == "cuda"
