@@ -50,11 +50,14 @@ def open_app(page, url):
                            "document.querySelector('#crumbs').innerText.includes('Reference:')")
 
 
-def shot(page, name):
+def shot(page, name, scroll_to=None):
     folder = os.environ.get("CIR_DEMO_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}-{page.kind}.png"), full_page=False)
+        if scroll_to:
+            page.locator(scroll_to).scroll_into_view_if_needed()
+        page.wait_for_timeout(500)  # thumbnails load lazily
+        page.screenshot(path=str(Path(folder) / f"{name}-{page.kind}.png"), full_page=page.kind == "desktop")
 
 
 def crumbs(page) -> str:
@@ -154,4 +157,10 @@ def test_deep_link_reopens_a_retrieval(page, app):
     assert triplet.target in target_item.inner_text()
     assert "solid" in target_item.evaluate("e => getComputedStyle(e).outlineStyle")
     assert no_horizontal_scroll(page)
-    shot(page, "deeplink")
+    shot(page, "scenes", scroll_to="#results")
+    # a FashionIQ triplet whose target is in the top 50: the README's screenshots
+    row = next(r for r in catalog.rank_split("dress").rows if 3 <= r.rank <= 8)
+    open_app(page, base + "?" + urlencode({"gallery": "dress", "ref": row.reference, "q": row.caption}))
+    page.wait_for_function("document.querySelectorAll('#results .grid-container .thumbnail-item').length === 50")
+    assert f"rank {row.rank}" in page.inner_text("#status")
+    shot(page, "search", scroll_to="#status")
