@@ -21,6 +21,21 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session")
+def http_status():
+    """GET a URL and return its HTTP status code (errors included)."""
+    import urllib.error
+    import urllib.request
+
+    def get(url: str) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+    return get
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,8 +3,6 @@ upload privacy and which files the server serves."""
 
 import hashlib
 import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -105,15 +103,8 @@ def test_no_copy_of_an_upload_remains_on_disk(client, app, tmp_path):
     assert leftovers == []
 
 
-def fetch(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
-def test_only_gallery_images_and_assets_are_served(app):
+def test_only_gallery_images_and_assets_are_served(app, http_status):
+    fetch = http_status
     _, catalog, base = app
     image = catalog.image_path("dress", catalog.names("dress")[0]).resolve()
     assert fetch(f"{base}gradio_api/file={image}") == 200

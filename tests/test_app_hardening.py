@@ -5,8 +5,6 @@ and a short load run (the full one is ``python -m cir_demo.bench.load``)."""
 import io
 import os
 import struct
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
@@ -152,15 +150,8 @@ def test_bad_uploads_get_a_clear_message(client, app, tmp_path, name):
     assert leftovers == []
 
 
-def status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
-def test_paths_out_of_the_galleries_are_not_served(app, tmp_path):
+def test_paths_out_of_the_galleries_are_not_served(app, tmp_path, http_status):
+    status = http_status
     _, catalog, base = app
     image = catalog.image_path("dress", catalog.names("dress")[0]).resolve()
     folder = image.parent

@@ -196,7 +196,7 @@ def test_stage1_loss_is_the_papers_and_clip_stays_in_eval_mode(world, clip_file)
     assert not any(m.training for m in clip.model.modules())  # BatchNorm statistics would stay frozen
     rows = torch.tensor([0, 3, 7, 11])
     loss = task.loss(rows, step=2)
-    variant = sample_variants(task.n_variants[rows], 0, 2)
+    variant = sample_variants(task.n_variants, 0, 2, rows)
     with torch.no_grad():
         captions = [data.captions[r][v] for r, v in zip(rows.tolist(), variant.tolist())]
         ref = torch.stack([task.image_cache[data.triplets[r].reference] for r in rows.tolist()])
