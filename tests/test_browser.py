@@ -108,6 +108,7 @@ def test_query_flow(page, app):
     tap(page, "#gallery input")
     page.get_by_role("option", name="scenes (CIRR-style)").click()
     page.wait_for_function("document.querySelector('#crumbs').innerText.includes('val-')")
+    assert result_count(page) == 0  # the other gallery's results are cleared
     assert "scenes" in page.inner_text("#gallery") or page.input_value("#gallery input").startswith("scenes")
 
 

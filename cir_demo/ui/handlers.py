@@ -108,8 +108,10 @@ class Handlers:
         state = S.restart({}, gallery, {"name": self.catalog.random_reference(gallery)})
         info = self.catalog.info(gallery)
         examples = EXAMPLES.get(info.dataset or "", [])
+        cleared = ([], [], "", "", gr.update(visible=False, value=None))  # results of the old gallery
         return (*self.reference_view(state), *self.page_view(state),
-                gr.update(choices=examples, value=None), self.upload_note(gallery))
+                gr.update(choices=examples, value=None), self.upload_note(gallery), *cleared,
+                "Ranks every validation triplet of the gallery in one batch.", gr.update(value=None))
 
     def upload_note(self, gallery: str) -> str:
         info = self.catalog.info(gallery)

@@ -109,8 +109,9 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
             return (event.then(h.search, search_in, search_out, api_name="ui_search", **PRIVATE)
                     .then(None, [link], None, js=url_js))
 
-        gallery_dd.input(h.switch_gallery, [gallery_dd], [*ref_out, *page_out, examples, upload_note],
-                          api_name="ui_gallery", **PRIVATE)
+        gallery_dd.input(h.switch_gallery, [gallery_dd],
+                         [*ref_out, *page_out, examples, upload_note, results, hit_names, status, frame, group,
+                          browse_md, table], api_name="ui_gallery", **PRIVATE)
         picker.select(h.pick, [state, page_names], ref_out, api_name="ui_pick", **PRIVATE)
         prev_btn.click(lambda s: h.turn_page(s, -1), [state], [state, *page_out], api_name="ui_prev", **PRIVATE)
         next_btn.click(lambda s: h.turn_page(s, 1), [state], [state, *page_out], api_name="ui_next", **PRIVATE)
