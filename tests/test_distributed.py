@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,18 @@ def torchrun(*argv, timeout=300):
     return result
 
 
+@contextmanager
+def one_thread():
+    """The launched processes' thread count (OMP_NUM_THREADS=1): CPU kernels may round differently
+    on another, and bit-for-bit comparisons must not depend on that."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def records(run_dir):
     return [json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()]
 
@@ -67,24 +80,23 @@ def step_losses(run_dir):
     return [(r["step"], r["loss"]) for r in records(run_dir) if r["event"] == "step"]
 
 
-def command(*argvs):
-    """Each argv (command name, arguments; or that list as JSON) as ``python -m cir_demo`` runs it.
-
-    The command's own parser only: the top-level one imports every command (the app's Gradio
-    too), seconds per process that these launches need not pay.
-    """
-    for argv in argvs:
-        name, *rest = json.loads(argv) if isinstance(argv, str) else argv
-        module = importlib.import_module(f"cir_demo.commands.{name}")
-        parser = argparse.ArgumentParser(prog=f"python -m cir_demo {name}")
-        module.add_arguments(parser)
-        assert module.run(parser.parse_args(list(map(str, rest)))) == 0
+def command(argv):
+    """``python -m cir_demo *argv`` through the command's own parser: the top-level one imports
+    every command (the app's Gradio too), seconds per process that these launches need not pay."""
+    name, *rest = argv
+    module = importlib.import_module(f"cir_demo.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"python -m cir_demo {name}")
+    module.add_arguments(parser)
+    assert module.run(parser.parse_args(list(map(str, rest)))) == 0
 
 
 def run_jobs(jobs: str):
-    """The worker: a JSON list of ["one-step", world, clip, out] and ["command", argv] jobs."""
+    """The worker: a JSON list of ["one-step", world, clip, out] and ["command", *argv] jobs."""
     for job, *args in json.loads(jobs):
-        one_step(*args) if job == "one-step" else command(args)
+        if job == "one-step":
+            one_step(*args)
+        else:
+            command(args)
 
 
 def stage2_args(world, clip_file):
@@ -125,14 +137,16 @@ def build(stage, world_root, clip_file):
     torch.manual_seed(0)
     clip = load_clip("x", str(clip_file))
     root = Path(world_root) / "fashioniq"
+    data = load_train_triplets(root, ["dress"])  # 16 triplets: 2 global batches
     if stage == "stage1":  # both towers: gradients must flow back through the gathered targets too
         params = freeze_for(clip, "both")
-        task = Stage1Task(clip, load_train_triplets(root, ["dress"]), "both", root=root, categories=["dress"], seed=1,
-                          device="cpu", provenance={}, progress=False)
+        task = Stage1Task(clip, data, "both", root=root, categories=["dress"], seed=1, device="cpu", provenance={},
+                          progress=False)
         return task, torch.optim.AdamW(params, lr=1e-4, eps=EPS, weight_decay=0.01)
     if stage == "stage2":
         clip.model.requires_grad_(False)
-        cache = cache_triplet_features(clip, load_train_triplets(root, ["dress"]), progress=False)  # sharded under DDP
+        # sharded under DDP: small batches, so that each process encodes some of them
+        cache = cache_triplet_features(clip, data, batch_size=8, text_batch_size=24, progress=False)
         combiner = Combiner(96, 384, 768, dropout=0.0)
         task = Stage2Task(clip, combiner, cache, [], seed=1, device="cpu", provenance={})
         return task, torch.optim.Adam(combiner.parameters(), lr=1e-3, eps=EPS)
@@ -158,7 +172,8 @@ def one_step(world_root, clip_file, out):
 
 
 def test_one_ddp_step_equals_one_single_process_step_for_every_stage(world, clip_file, launched, tmp_path):
-    one_step(world, clip_file, tmp_path)
+    with one_thread():
+        one_step(world, clip_file, tmp_path)
     for stage in STAGES:
         ddp, single = launched[0] / "one-step" / stage, tmp_path / stage
         assert step_losses(ddp)[0][1] == pytest.approx(step_losses(single)[0][1], rel=1e-5), stage
@@ -185,6 +200,8 @@ def test_two_process_resume_is_bit_identical_with_dropout(world, clip_file, laun
     torchrun(__file__, json.dumps([["command", *map(str, stage2_args(world, clip_file)), "--out", str(cut),
                                     "--max-steps", "10", "--resume"]]))
 
+    resumes = [r for r in records(cut) if r["event"] == "resume"]
+    assert len(resumes) == 1 and resumes[0]["world"] == 2 and "note" not in resumes[0]  # streams restored
     assert step_losses(cut) == step_losses(full)  # exact floats
     assert [s for s, _ in step_losses(cut)] == list(range(1, 11))
     done, resumed = torch.load(full / "state.pt"), torch.load(cut / "state.pt")
@@ -196,7 +213,8 @@ def test_two_process_resume_is_bit_identical_with_dropout(world, clip_file, laun
     assert not torch.equal(done["rng"][0]["cpu"], done["rng"][1]["cpu"])  # ranks draw different masks
 
     # the stated rule on another number of processes: it goes on, with re-seeded dropout streams
-    command([*stage2_args(world, clip_file), "--out", tmp_path / "cut-1proc", "--max-steps", "10", "--resume"])
+    with one_thread():
+        command([*stage2_args(world, clip_file), "--out", tmp_path / "cut-1proc", "--max-steps", "10", "--resume"])
     notes = [r for r in records(tmp_path / "cut-1proc") if r["event"] == "resume"]
     assert len(notes) == 1 and "re-seeded" in notes[0]["note"] and notes[0]["world"] == 1
     assert [s for s, _ in step_losses(tmp_path / "cut-1proc")] == list(range(1, 11))
@@ -206,7 +224,8 @@ def test_two_process_resume_is_bit_identical_with_dropout(world, clip_file, laun
 
 def test_two_process_index_equals_the_single_process_index(world, clip_file, launched, tmp_path):
     sharded, single = launched[0] / "index", tmp_path / "single"
-    command([*index_args(world, clip_file), "--out", single])
+    with one_thread():
+        command([*index_args(world, clip_file), "--out", single])
     assert len([line for line in launched[1].splitlines() if line.startswith('{"index"')]) == 1  # rank 0's
     for name in ("features.safetensors", "names.json"):
         assert (sharded / name).read_bytes() == (single / name).read_bytes(), name
@@ -214,6 +233,28 @@ def test_two_process_index_equals_the_single_process_index(world, clip_file, lau
     for manifest in manifests:
         manifest.pop("rebuild_command")  # names the launcher's command line
     assert manifests[0] == manifests[1]
+
+
+# ----------------------------------------------------------------- in-process pieces
+
+def test_sharded_encoding_takes_whole_batches_and_covers_every_row_once():
+    from cir_demo.train.distributed import batch_shard
+
+    shards = [batch_shard(14, 4, rank, 3) for rank in range(3)]
+    assert shards == [[0, 1, 2, 3, 12, 13], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert batch_shard(3, 4, 1, 2) == []  # a process with no batch encodes nothing, and still gathers
+
+
+def test_each_process_restores_only_its_own_generators():
+    from cir_demo.train.distributed import rng_state, set_rng_state
+
+    cpu = torch.device("cpu")
+    state = rng_state(cpu)
+    assert state["cuda"] is None  # a CPU process keeps no CUDA stream (and never every GPU's)
+    expected = torch.rand(3)
+    assert set_rng_state(state, cpu) and torch.equal(torch.rand(3), expected)
+    # a stream saved on a GPU cannot apply on the CPU: reported, not an IndexError
+    assert set_rng_state({**state, "cuda": torch.zeros(16, dtype=torch.uint8)}, cpu) is False
 
 
 if __name__ == "__main__":  # the worker side of the launches above

@@ -1,4 +1,7 @@
-"""Training commands on a tiny generated world: loss goes down, resume is exact, DDP agrees."""
+"""Training commands on a tiny generated world: loss goes down, resume is exact, DDP agrees.
+
+Multi-process equivalence (global batch, per-rank resume, sharded index) is in test_distributed.py.
+"""
 
 import json
 import os
@@ -98,6 +101,24 @@ def test_resume_continues_from_the_saved_step_exactly(world, clip_file, tmp_path
     assert cut_losses == pytest.approx([loss for _, loss in step_losses(tmp_path / "full")], abs=1e-5)
 
 
+def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(world, clip_file, tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text("{}\n")
+    (tmp_path / "best.safetensors").write_text("the previous run's weights")
+    argv = ["stage2", "--data", world / "fashioniq", "--categories", "dress", "--clip", clip_file, "--out", tmp_path,
+            "--batch-size", "4", "--max-steps", "1"]
+    assert main(["train", *map(str, argv), "--no-progress"]) == 2
+    message = capsys.readouterr().err
+    assert "already holds a training run" in message and "--resume" in message and "--overwrite" in message
+    assert main(["train", *map(str, argv), "--no-progress", "--resume"]) == 2  # a run, but no state.pt
+    assert "no state.pt to resume from" in capsys.readouterr().err
+    assert (tmp_path / "best.safetensors").read_text() == "the previous run's weights"  # untouched
+    with pytest.raises(SystemExit):
+        main(["train", *map(str, argv), "--resume", "--overwrite"])
+    train(*argv, "--overwrite")
+    assert not (tmp_path / "best.safetensors").exists()  # one step, no validation: nothing of the old run left
+    assert [s for s, _ in step_losses(tmp_path)] == [1]
+
+
 def test_cached_features_equal_re_encoding_every_batch(world, clip_file):
     """The deviation from the original (cache once, not re-encode per batch) changes no number."""
     from cir_demo.pipeline.encode import open_image
@@ -164,8 +185,24 @@ def test_resume_when_max_steps_lands_on_an_epoch_end(world, clip_file, tmp_path)
     assert cut["step"] == full["step"] == 12
     for key, value in full["model"].items():
         assert torch.allclose(cut["model"][key], value, atol=1e-6), key
-    with pytest.raises(ValueError, match="cannot resume"):
-        train(*common[:-2], "--seed", "3", "--out", tmp_path / "cut", "--resume", "--epochs", "3")
+    assert_refused(["train", *map(str, common[:-2]), "--seed", "3", "--out", str(tmp_path / "cut"), "--resume",
+                    "--epochs", "3", "--no-progress"], "cannot resume")
+
+
+def assert_refused(argv, match):
+    """The command refuses with a message naming ``match``: exit status 2 (the CLI reports a
+    ValueError raised by this package as bad input) or, from an older CLI, the ValueError."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code = main(argv)
+    except ValueError as raised:
+        assert match in str(raised)
+        return
+    assert code == 2 and match in err.getvalue()
 
 
 def test_sample_variants_is_uniform_and_deterministic():

@@ -1,4 +1,8 @@
-"""``index``: encode a dataset split or an image folder into a gallery index."""
+"""``index``: encode a dataset split or an image folder into a gallery index.
+
+Under ``torchrun --nproc_per_node N -m cir_demo index ...`` each process encodes a share of
+the images and rank 0 writes the one index, identical to a single-process build.
+"""
 
 from __future__ import annotations
 
@@ -23,19 +27,27 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import json
 
+    import torch
+
     from cir_demo.config.runtime import default_device
     from cir_demo.data.datasets import open_dataset
     from cir_demo.model import load_clip
     from cir_demo.pipeline.indexing import command_line, index_dataset, index_folder
+    from cir_demo.train.distributed import distributed
 
-    device = str(default_device(args.device))
-    clip = load_clip(args.clip_model, args.clip, device=device)  # fp32 weights; autocast fp16 on CUDA
-    kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": not args.no_progress,
+    rank, world = distributed()  # under torchrun: before anything touches a GPU, one device per rank
+    device = default_device(args.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    clip = load_clip(args.clip_model, args.clip, device=str(device))  # fp32 weights; autocast fp16 on CUDA
+    progress = not args.no_progress and rank == 0
+    kwargs = {"batch_size": args.batch_size, "num_workers": args.num_workers, "progress": progress,
               "rebuild_command": command_line(sys.argv[1:] if sys.argv[0].endswith("__main__.py") else [])}
     if args.data:
         index = index_dataset(clip, open_dataset(args.data, args.split, args.category), args.out, **kwargs)
     else:
         index = index_folder(clip, args.images, args.out, **kwargs)
-    print(json.dumps({"index": str(index.path), "count": index.count, "dim": index.dim,
-                      "model_fingerprint": index.fingerprint}))
+    if rank == 0:  # one report for the one index
+        print(json.dumps({"index": str(index.path), "count": index.count, "dim": index.dim,
+                          "model_fingerprint": index.fingerprint}))
     return 0

@@ -1,7 +1,9 @@
 """``python -m cir_demo train {clip-pretrain,stage1,stage2}``: argument parsing and wiring only.
 
 Defaults are the paper's reference hyper-parameters (PAPER.md); the bundled weights'
-README records the values used for the synthetic world.
+README records the values used for the synthetic world. Multi-GPU: ``torchrun
+--nproc_per_node N -m cir_demo train ...`` trains the same objective as one process, since
+``--batch-size`` is the global batch and every query sees all of its negatives.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import json
 import logging
 
 log = logging.getLogger(__name__)
-
 
 
 def add_arguments(parser) -> None:
@@ -41,11 +42,18 @@ def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> 
     p.add_argument("--out", required=True, help="run folder: best.safetensors, state.pt, metrics.jsonl")
     p.add_argument("--categories", nargs="+", default=None, help="FashionIQ categories (default: all)")
     p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--batch-size", type=int, default=batch,
+                   help=f"GLOBAL batch (default {batch}), whatever the number of processes: under torchrun "
+                        f"each of N processes takes B/N rows and scores them against all B")
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
-    p.add_argument("--resume", action="store_true", help="continue from --out/state.pt")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from --out/state.pt (same --seed and --batch-size); bit-exact on the same "
+                            "number of processes, on another the dropout streams are re-seeded")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start afresh in an --out that holds a run, deleting its log, state and weights")
     p.add_argument("--validate-every", type=int, default=1, help="epochs between validations")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for image decoding")
@@ -64,8 +72,10 @@ def run(args) -> int:
 
     from cir_demo.config.runtime import default_device, dtype_of
     from cir_demo.train import stages
-    from cir_demo.train.loop import distributed
+    from cir_demo.train.distributed import distributed
+    from cir_demo.train.resume import check_run_folder
 
+    check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)  # before minutes of loading
     rank, world = distributed()  # before anything touches a GPU: each rank gets its own device
     torch.manual_seed(args.seed)
     args.device = str(default_device(args.device))

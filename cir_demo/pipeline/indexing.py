@@ -30,10 +30,23 @@ def index_manifest(clip: ClipModel, **extra) -> dict:
 
 def build_index(clip: ClipModel, names: Sequence[str], paths: Sequence[Path], out: str | Path, *,
                 batch_size: int = 64, num_workers: int = 0, progress: bool = True, **manifest) -> GalleryIndex:
-    """Encode ``paths`` (row-aligned with ``names``) and write the index folder ``out``."""
-    feats = encode_image_files(clip, list(paths), batch_size=batch_size, num_workers=num_workers,
-                               progress=progress, desc="indexing")
-    save_index(out, feats, list(names), index_manifest(clip, **manifest))
+    """Encode ``paths`` (row-aligned with ``names``) and write the index folder ``out``.
+
+    Under torchrun every process encodes whole batches of a share of the images; rank 0 writes
+    the one index (the same bytes as a single-process build) while the others wait for it.
+    """
+    from cir_demo.train.distributed import barrier, encode_sharded, rank_world
+
+    paths = list(paths)
+
+    def encode(rows: list[int]):  # (n_r, D): this process's batches
+        return encode_image_files(clip, [paths[r] for r in rows], batch_size=batch_size,
+                                  num_workers=num_workers, progress=progress, desc="indexing")
+
+    feats = encode_sharded(encode, len(paths), batch_size)  # (N, D) on every process
+    if rank_world()[0] == 0:
+        save_index(out, feats, list(names), index_manifest(clip, **manifest))
+    barrier()  # nobody reads the index before it is complete
     return load_index(out, clip.fingerprint())
 
 

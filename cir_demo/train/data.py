@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -13,9 +13,12 @@ from cir_demo.data.datasets import CIRDataset
 from cir_demo.data.records import Triplet, query_captions
 from cir_demo.eval.protocol import load_eval_splits
 from cir_demo.model.clip import ClipModel
-from cir_demo.pipeline.encode import encode_names, encode_texts
+from cir_demo.pipeline.encode import encode_image_files, encode_texts
+from cir_demo.train.distributed import encode_sharded
 
 log = logging.getLogger(__name__)
+
+TEXT_BATCH = 256  # captions per encoding batch (and per shard unit under DDP)
 
 
 @dataclass
@@ -48,10 +51,19 @@ def load_train_triplets(root: str | Path, categories: Optional[Sequence[str]] = 
     return TrainTriplets(datasets[0].dataset, triplets, captions, path_of)
 
 
-def sample_variants(n_variants: torch.Tensor, seed: int, step: int) -> torch.Tensor:
-    """Which caption variant each row uses at this step (deterministic in seed and step)."""
+def sample_variants(n_variants: torch.Tensor, seed: int, step: int,
+                    rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Which caption variant each row uses at this step (deterministic in seed and step).
+
+    With ``rows``, ``n_variants`` counts every example's variants (T,) and the draw belongs to
+    the example, not to its position in a batch: under DDP a row gets the same caption
+    whichever process's shard holds it, as it would in one process.
+    """
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    return (torch.rand(n_variants.shape[0], generator=gen) * n_variants).long()  # (B,)
+    draw = torch.rand(n_variants.shape[0], generator=gen)  # (T,) or (B,)
+    if rows is None:
+        return (draw * n_variants).long()  # (B,)
+    return (draw[rows] * n_variants[rows]).long()  # (b,)
 
 
 def flat_variants(captions: list[list[str]]) -> tuple[list[str], int, torch.Tensor]:
@@ -72,12 +84,33 @@ class CachedTriplets:
     n_variants: torch.Tensor  # (T,)
 
 
+def encode_image_names(clip: ClipModel, names: Sequence[str], path_of: Callable[[str], Path], *,
+                       batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+                       desc: str = "images") -> dict[str, torch.Tensor]:
+    """``encode_names``, with the images shared out over the DDP processes (each encodes whole
+    batches of its share) and gathered once: every rank gets every feature, no rank encodes all."""
+    unique = list(dict.fromkeys(names))
+
+    def encode(rows: list[int]) -> torch.Tensor:  # (n_r, D): this rank's whole batches
+        return encode_image_files(clip, [path_of(unique[r]) for r in rows], batch_size=batch_size,
+                                  num_workers=num_workers, progress=progress, desc=desc)
+
+    return dict(zip(unique, encode_sharded(encode, len(unique), batch_size)))  # N x (D,)
+
+
 def cache_triplet_features(clip: ClipModel, data: TrainTriplets, *, batch_size: int = 64, num_workers: int = 0,
-                           progress: bool = True) -> CachedTriplets:
-    feats = encode_names(clip, data.image_names, data.path_of.__getitem__, batch_size=batch_size,
-                         num_workers=num_workers, progress=progress, desc="train images")
+                           progress: bool = True, text_batch_size: int = TEXT_BATCH) -> CachedTriplets:
+    """Stage 2's cache. Under DDP each rank encodes a share of the images and captions; the
+    shares are gathered once, so every rank holds the whole cache (its batches index any row)."""
+    feats = encode_image_names(clip, data.image_names, data.path_of.__getitem__, batch_size=batch_size,
+                               num_workers=num_workers, progress=progress, desc="train images")
     captions, width, n_var = flat_variants(data.captions)
-    flat = encode_texts(clip, captions, progress=progress, desc="train captions")
+
+    def encode(rows: list[int]) -> torch.Tensor:  # (n_r, D): this rank's whole caption batches
+        return encode_texts(clip, [captions[r] for r in rows], batch_size=text_batch_size, progress=progress,
+                            desc="train captions")
+
+    flat = encode_sharded(encode, len(captions), text_batch_size)  # (T * V, D)
     return CachedTriplets(
         ref=torch.stack([feats[t.reference] for t in data.triplets]),
         target=torch.stack([feats[t.target] for t in data.triplets]),

@@ -3,13 +3,15 @@
 A stage supplies a ``Task`` (what a batch's loss is, how to validate, what to save); the
 loop owns the rest. Data order is a function of (seed, epoch) and caption sampling of
 (seed, step), so a resumed run takes exactly the batches the uninterrupted run would.
+``batch_size`` is the GLOBAL batch: under DDP each rank takes a shard of the same batches
+and the tasks score their shard against the whole batch (``cir_demo.train.distributed``).
+Each rank's dropout stream is its own and is saved and restored per rank.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,23 +20,24 @@ from typing import Optional
 import torch
 import torch.distributed as dist
 
-from cir_demo.config.files import atomic_write
-from cir_demo.model.checkpoint import safe_torch_load
+from cir_demo.train.distributed import barrier, distributed, global_loss_value, stream_seed
+from cir_demo.train.resume import (BEST_FILE, CONFIG_FILE, LOG_FILE, STATE_FILE, check_run_folder,
+                                   clear_run_folder, restore_state, save_state)
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-LOG_FILE = "metrics.jsonl"
+__all__ = ["LoopConfig", "Task", "fit", "epoch_batches", "distributed", "STATE_FILE", "LOG_FILE"]
 
 
 @dataclass
 class LoopConfig:
     out_dir: str
     epochs: int = 1
-    batch_size: int = 128
+    batch_size: int = 128             # global: split over the DDP processes
     seed: int = 0
     max_steps: Optional[int] = None   # stop (and save state) after this many optimiser steps in all
     resume: bool = False
+    overwrite: bool = False           # a fresh run may replace a finished/interrupted one in out_dir
     validate_every: int = 1           # epochs
     device: str = "cpu"
     amp: bool = True                  # only has an effect on CUDA
@@ -44,7 +47,10 @@ class LoopConfig:
 
 
 class Task:
-    """What a stage defines. ``modules``: the trained modules (DDP wraps ``ddp_module``)."""
+    """What a stage defines. ``trainable()`` is the module DDP wraps; ``loss`` calls it through
+    ``self.forward_module`` (the DDP wrapper under torchrun). ``loss`` gets this rank's shard of
+    the global batch and must score it against the whole batch (``gather_batch`` and
+    ``global_cross_entropy`` in ``cir_demo.train.distributed``)."""
 
     num_examples: int = 0
 
@@ -66,24 +72,13 @@ class Task:
         self.trainable().train()
 
 
-def distributed() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-
-
 def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int, world: int,
                   drop_last: bool) -> list[torch.Tensor]:
-    """This rank's batches of example rows for one epoch (same permutation on every rank)."""
+    """This rank's shards of the epoch's global batches (one permutation, whatever ``world``)."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    per_rank = batch_size // world if world > 1 else batch_size
-    if per_rank < 1:
-        raise ValueError(f"batch size {batch_size} is smaller than the world size {world}")
+    if batch_size < world:
+        raise ValueError(f"--batch-size is the global batch: {batch_size} rows cannot be shared by {world} "
+                         f"processes")
     global_batches = [perm[i:i + batch_size] for i in range(0, n, batch_size)]
     if drop_last and global_batches and len(global_batches[-1]) < batch_size and len(global_batches) > 1:
         global_batches.pop()
@@ -100,45 +95,15 @@ class JsonlLog:
                 handle.write(json.dumps(record, default=float) + "\n")
 
 
-def _save_state(path: Path, task: Task, optimizer, scaler, cfg: LoopConfig, epoch: int, step: int,
-                batch_in_epoch: int, best: float, world: int) -> None:
-    state = {"epoch": epoch, "step": step, "batch_in_epoch": batch_in_epoch, "best": best,
-             "model": task.trainable().state_dict(), "optimizer": optimizer.state_dict(),
-             "scaler": scaler.state_dict() if scaler is not None else {},
-             "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-             # the batch position only means something for the same order of the same batches
-             "order": {"seed": cfg.seed, "batch_size": cfg.batch_size, "world": world, "drop_last": cfg.drop_last}}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-
-
-def _restore_state(path: Path, task: Task, optimizer, scaler, cfg: LoopConfig, world: int) -> tuple:
-    state = safe_torch_load(path)
-    order = {"seed": cfg.seed, "batch_size": cfg.batch_size, "world": world, "drop_last": cfg.drop_last}
-    if state.get("order", order) != order:
-        raise ValueError(f"cannot resume {path}: it was saved with {state['order']}, this run has {order}; "
-                         f"use the same --seed, --batch-size and number of processes, or a new --out")
-    task.trainable().load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scaler is not None and state["scaler"]:
-        scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    log.info("resumed from %s at epoch %d, step %d", path, state["epoch"], state["step"])
-    return state["epoch"], state["step"], state["batch_in_epoch"], state["best"]
-
-
 def fit(task: Task, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> dict:
     """Train; returns {"step", "epoch", "best", "seconds"}. Rank 0 writes files."""
     rank, world = distributed()
     out = Path(cfg.out_dir)
+    check_run_folder(out, resume=cfg.resume, overwrite=cfg.overwrite)
+    barrier()  # every rank has looked at the folder before rank 0 changes it
     resuming = cfg.resume and (out / STATE_FILE).is_file()
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2, default=str))
-        if not resuming and (out / LOG_FILE).exists():
-            (out / LOG_FILE).unlink()  # a fresh run starts a fresh log
+        _prepare_folder(out, cfg, resuming)
     logbook = JsonlLog(out / LOG_FILE, rank == 0)
     module = task.trainable()
     ddp = torch.nn.parallel.DistributedDataParallel(module) if world > 1 else None
@@ -146,11 +111,17 @@ def fit(task: Task, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> dict:
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
     epoch, step, skip, best = 0, 0, 0, None
     if resuming:
-        epoch, step, skip, best = _restore_state(out / STATE_FILE, task, optimizer, scaler, cfg, world)
+        (epoch, step, skip, best), note = restore_state(out / STATE_FILE, task, optimizer, scaler, cfg)
+        logbook.write(event="resume", step=step, world=world, **({"note": note} if note else {}))
+    else:  # one dropout stream per rank: ranks must not draw the same masks for different rows
+        torch.manual_seed(stream_seed(cfg.seed, rank, 0))
     start = time.perf_counter()
     task.forward_module = ddp or module
-    save = (lambda e, b: _save_state(out / STATE_FILE, task, optimizer, scaler, cfg, e, step, b, best, world)) \
-        if rank == 0 else (lambda e, b: None)
+
+    def save(at_epoch: int, batch_in_epoch: int) -> None:  # every rank: it gathers their RNG states
+        save_state(out / STATE_FILE, task, optimizer, scaler, cfg, epoch=at_epoch, step=step,
+                   batch_in_epoch=batch_in_epoch, best=best)
+
     while epoch < cfg.epochs and not _reached(cfg, step):
         batches = epoch_batches(task.num_examples, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
                                 world=world, drop_last=cfg.drop_last)
@@ -168,13 +139,20 @@ def fit(task: Task, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> dict:
             if best is None or score > best:
                 best = score
                 if rank == 0:
-                    task.save_best(out / "best.safetensors", {"epoch": epoch, "step": step, "metrics": val})
+                    task.save_best(out / BEST_FILE, {"epoch": epoch, "step": step, "metrics": val})
                 record["best"] = True
         logbook.write(**record)
         log.info("epoch %d: loss %.4f score %s", epoch, record["train_loss"], record.get("score"))
         save(epoch, 0)
     _check_ranks_agree(module, logbook, rank, world, torch.device(cfg.device))
     return {"step": step, "epoch": epoch, "best": best, "seconds": time.perf_counter() - start}
+
+
+def _prepare_folder(out: Path, cfg: LoopConfig, resuming: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    if not resuming:  # a fresh run (checked: allowed to replace what is there) starts clean
+        clear_run_folder(out)
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2, default=str))
 
 
 def _reached(cfg: LoopConfig, step: int) -> bool:
@@ -204,7 +182,7 @@ def _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook
             loss.backward()
             optimizer.step()
         step, done = step + 1, done + 1
-        value = float(loss.detach())
+        value = global_loss_value(loss)  # the whole batch's loss, not this rank's share
         loss_sum, n = loss_sum + value, n + 1
         logbook.write(event="step", epoch=epoch + 1, step=step, loss=value)
         if hasattr(bar, "set_postfix"):

@@ -19,6 +19,7 @@ from cir_demo.eval.protocol import load_eval_splits
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
 from cir_demo.pipeline.encode import ImageFiles
+from cir_demo.train.distributed import gather_batch, global_cross_entropy
 from cir_demo.train.loop import Task
 from cir_demo.train.stage1 import RawEncoder
 
@@ -55,11 +56,20 @@ def preload_pixels(clip: ClipModel, paths, *, num_workers: int = 0, progress: bo
 
 
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric cross-entropy over a batch of matching pairs."""
+    """CLIP's symmetric cross-entropy over a batch of matching pairs.
+
+    Under DDP ``image`` and ``text`` are this rank's (b, D) rows: its images are scored against
+    the global batch's captions and its captions against the global batch's images, which
+    together are the rows of the single-process (B, B) logits this rank owns, both directions.
+    """
     scale = logit_scale.exp().clamp(max=100)
-    logits = scale * F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T  # (B, B)
-    labels = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)  # (b, D)
+    all_images, offset = gather_batch(image)  # (B, D)
+    all_texts, _ = gather_batch(text)  # (B, D)
+    labels = offset + torch.arange(len(image), device=image.device)  # (b,)
+    image_to_text = global_cross_entropy(scale * image @ all_texts.T, labels)  # logits (b, B)
+    text_to_image = global_cross_entropy(scale * text @ all_images.T, labels)  # logits (b, B)
+    return (image_to_text + text_to_image) / 2
 
 
 class PretrainTask(Task):

@@ -19,8 +19,9 @@ from cir_demo.eval.protocol import build_query_set, load_eval_splits, score_sets
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.composers import SumComposer
-from cir_demo.pipeline.encode import encode_names, open_image
-from cir_demo.train.data import TrainTriplets, flat_variants, sample_variants
+from cir_demo.pipeline.encode import open_image
+from cir_demo.train.data import TrainTriplets, encode_image_names, flat_variants, sample_variants
+from cir_demo.train.distributed import gather_batch, global_cross_entropy
 from cir_demo.train.loop import Task
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ class Stage1Task(Task):
         self.image_cache = None
         self.val_image_cache: dict = {}
         if encoder == "text":  # frozen image tower: encode every training image once
-            self.image_cache = encode_names(clip, data.image_names, data.path_of.__getitem__,
-                                            desc="train images", **self.encode_kwargs)
+            self.image_cache = encode_image_names(clip, data.image_names, data.path_of.__getitem__,
+                                                  desc="train images", **self.encode_kwargs)
 
     def trainable(self):
         return self.wrapper
@@ -83,8 +84,8 @@ class Stage1Task(Task):
         return None, pixels.to(self.device)
 
     def loss(self, rows, step):
-        variant = sample_variants(self.n_variants[rows], self.seed, step)  # (B,)
-        tokens = self.tokens[rows, variant].to(self.device)  # (B, L)
+        variant = sample_variants(self.n_variants, self.seed, step, rows)  # (b,) this rank's rows
+        tokens = self.tokens[rows, variant].to(self.device)  # (b, L)
         refs = [self.data.triplets[r].reference for r in rows.tolist()]
         tgts = [self.data.triplets[r].target for r in rows.tolist()]
         ref_feats, ref_pixels = self._images(refs)
@@ -94,9 +95,10 @@ class Stage1Task(Task):
             ref_feats, tgt_feats = both.split(len(rows))
         else:
             _, text = self.forward_module(None, tokens)
-        predicted = F.normalize(ref_feats + text, dim=-1)  # (B, D)
-        logits = 100 * predicted @ F.normalize(tgt_feats, dim=-1).T  # (B, B)
-        return F.cross_entropy(logits, torch.arange(len(rows), device=logits.device))
+        predicted = F.normalize(ref_feats + text, dim=-1)  # (b, D) this rank's queries
+        targets, offset = gather_batch(F.normalize(tgt_feats, dim=-1))  # (B, D) the global batch's
+        logits = 100 * predicted @ targets.T  # (b, B)
+        return global_cross_entropy(logits, offset + torch.arange(len(rows), device=logits.device))
 
     @torch.no_grad()
     def validate(self):

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from cir_demo.eval.protocol import build_query_set, load_eval_splits, score_sets
 from cir_demo.model.checkpoint import save_checkpoint
@@ -19,6 +18,7 @@ from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner
 from cir_demo.model.composers import CombinerComposer
 from cir_demo.train.data import CachedTriplets, sample_variants
+from cir_demo.train.distributed import gather_batch, global_cross_entropy
 from cir_demo.train.loop import Task
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,13 @@ class Stage2Task(Task):
         return self.combiner
 
     def loss(self, rows, step):
-        variant = sample_variants(self.cache.n_variants[rows], self.seed, step)  # (B,)
-        ref = self.cache.ref[rows].to(self.device)  # (B, D)
-        text = self.cache.text[rows, variant].to(self.device)  # (B, D)
-        target = self.cache.target[rows].to(self.device)  # (B, D)
-        logits = self.forward_module(ref, text, target)  # (B, B)
-        return F.cross_entropy(logits, torch.arange(len(rows), device=logits.device))
+        variant = sample_variants(self.cache.n_variants, self.seed, step, rows)  # (b,) this rank's rows
+        ref = self.cache.ref[rows].to(self.device)  # (b, D)
+        text = self.cache.text[rows, variant].to(self.device)  # (b, D)
+        # CLIP is frozen: the targets need no gradient, only the other ranks' rows as negatives
+        targets, offset = gather_batch(self.cache.target[rows].to(self.device))  # (B, D) global batch
+        logits = self.forward_module(ref, text, targets)  # (b, B)
+        return global_cross_entropy(logits, offset + torch.arange(len(rows), device=logits.device))
 
     @torch.no_grad()
     def validate(self):

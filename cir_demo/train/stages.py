@@ -8,7 +8,8 @@ import torch
 
 from cir_demo.model.combiner import Combiner
 from cir_demo.model.factory import load_clip
-from cir_demo.train.loop import LoopConfig, distributed, fit
+from cir_demo.train.distributed import distributed
+from cir_demo.train.loop import LoopConfig, fit
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,8 @@ log = logging.getLogger(__name__)
 def _loop_config(args, **extra) -> LoopConfig:
     rank, _ = distributed()
     return LoopConfig(out_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                      max_steps=args.max_steps, resume=args.resume, validate_every=args.validate_every,
+                      max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite,
+                      validate_every=args.validate_every,
                       device=args.device, progress=not args.no_progress and rank == 0, extra=extra)
 
 

@@ -1,5 +1,5 @@
-"""The Gradio app (the only package that imports gradio): layout, handlers, API endpoints, QR codes."""
+"""The Gradio app (the only package that imports gradio): layout, handlers, API endpoints, QR codes.
 
-from cir_demo.ui.layout import build_demo, css
-
-__all__ = ["build_demo", "css"]
+Import what you need from the submodules (``cir_demo.ui.serve.build_app``, ``cir_demo.ui.layout``);
+this package imports nothing itself, so ``python -m cir_demo --help`` does not pay for Gradio.
+"""
