@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
+from pathlib import Path
 from typing import Optional, Sequence
 
 # name -> (module, one-line help). Order is the order shown by --help.
@@ -39,16 +41,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def user_errors() -> tuple:
-    """Exceptions that describe bad input (files, data, models), not bugs."""
+    """Exceptions that describe bad input (files, data, models), not bugs.
+
+    Every one is a ``ValueError`` subclass of this library's, or an ``OSError`` (a missing or
+    unwritable file, a full disk). A plain ``ValueError`` raised by this package's own code is a
+    validation message too (see :func:`is_user_error`); one raised inside a third-party library
+    is a bug and keeps its traceback.
+    """
     from cir_demo.data.datasets import DatasetError
-    from cir_demo.index import IndexFormatError, IndexMismatchError
+    from cir_demo.eval.submission import SubmissionError
+    from cir_demo.index.store import IndexFormatError, IndexMismatchError
     from cir_demo.model import CheckpointError, ModelMismatchError, WeightsUnavailableError
-    from cir_demo.pipeline.encode import ImageReadError
+    from cir_demo.pipeline.encode import EncodeError, ImageReadError
     from cir_demo.serve.deploy import ConfigError
     from cir_demo.serve.engine import QueryError
 
-    return (ConfigError, DatasetError, ImageReadError, QueryError, IndexFormatError, IndexMismatchError,
-            CheckpointError, ModelMismatchError, WeightsUnavailableError, FileNotFoundError, FileExistsError)
+    return (ConfigError, DatasetError, ImageReadError, EncodeError, QueryError, IndexFormatError,
+            IndexMismatchError, CheckpointError, ModelMismatchError, WeightsUnavailableError, SubmissionError,
+            OSError)
+
+
+def is_user_error(err: BaseException) -> bool:
+    """True for the library's documented errors, and for a ``ValueError`` raised by a ``raise``
+    statement in this package (the last frame of its traceback is in ``cir_demo``)."""
+    if isinstance(err, user_errors()):
+        return True
+    if not isinstance(err, ValueError):
+        return False
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    if last is None:
+        return False
+    package = Path(__file__).resolve().parent
+    try:
+        return Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(package)
+    except (OSError, ValueError):
+        return False
+
+
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback")
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line; for an exception torch re-raised from a DataLoader worker,
+    the original message without the worker's traceback."""
+    text = str(err)
+    if _WORKER.match(text):
+        lines = [line for line in text.splitlines()[1:] if line.strip()]
+        tail = next((line for line in reversed(lines) if not line.startswith(" ")), "")
+        text = tail.split(": ", 1)[1] if ": " in tail else tail or type(err).__name__
+    return " ".join(part.strip() for part in text.splitlines() if part.strip()) or type(err).__name__
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -61,9 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except user_errors() as err:  # bad input: say what is wrong, no traceback (-v shows one)
-        if args.verbose:
+    except Exception as err:  # bad input: say what is wrong in one line, no traceback (-v shows one)
+        if args.verbose or not is_user_error(err):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return int(result or 0) if isinstance(result, int) else 0

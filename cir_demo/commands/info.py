@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def add_arguments(parser) -> None:
@@ -16,13 +19,23 @@ def run(args) -> int:
     from cir_demo.model import load_checkpoint
     from cir_demo.model.clip import model_config_for
 
-    if Path(args.target).exists():
+    target = Path(args.target)
+    if target.exists():
         ckpt = load_checkpoint(args.target, model_name=args.model_name)
         out = {"config": ckpt.config, "clip": repr(ckpt.clip) if ckpt.clip else None,
                "combiner": ckpt.combiner.dims() if ckpt.combiner else None}
         if ckpt.combiner is not None:
             out["combiner_parameters"] = sum(p.numel() for p in ckpt.combiner.parameters())
+    elif _looks_like_a_file(args.target):  # not an open_clip name: say the file is missing
+        raise FileNotFoundError(f"no such checkpoint file: {args.target}")
     else:
         out = {"model_name": args.target, "model_config": model_config_for(args.target)}
     print(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def _looks_like_a_file(target: str) -> bool:
+    from pathlib import Path
+
+    has_folder = ("/" in target or os.sep in target) and not target.startswith("hf-hub:")
+    return has_folder or Path(target).suffix.lower() in CHECKPOINT_SUFFIXES

@@ -105,8 +105,8 @@ class CIRDataset:
         try:
             with Image.open(path) as img:
                 return img.convert("RGB")
-        except (OSError, Image.DecompressionBombError) as err:
-            raise DatasetError(f"{path}: cannot read image: {err}") from None
+        except Exception as err:  # OSError, DecompressionBombError, SyntaxError, ValueError, MemoryError...
+            raise DatasetError(f"{path}: cannot read image: {err or type(err).__name__}") from None
 
     def absolute_captions(self) -> dict:
         """``{name: caption}`` for this split's images from ``absolute_captions.json``; {} if absent."""
@@ -138,8 +138,17 @@ def _check_member(name: str, gallery: dict, path: Path, index: int, key: str, sp
 
 
 def _choose(value: str, options, what: str) -> None:
-    if value not in options:
-        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(options)}")
+    if not isinstance(value, str) or value not in options:
+        raise DatasetError(f"unknown {what} {value!r}; expected one of {', '.join(options)}")
+
+
+def unsafe_relative_path(rel) -> bool:
+    """True if ``rel`` could leave the folder it is relative to: absolute, or with a ``..`` part
+    (``/`` and ``\\`` both count as separators, so a Windows-style name cannot sneak one in)."""
+    if not isinstance(rel, str):
+        return True
+    parts = rel.replace("\\", "/").split("/")
+    return rel.startswith(("/", "\\")) or Path(rel).is_absolute() or ".." in parts or "\0" in rel
 
 
 def _fashioniq_gallery(root: Path, split_file: Path) -> dict:
@@ -150,6 +159,8 @@ def _fashioniq_gallery(root: Path, split_file: Path) -> dict:
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name:
             raise DatasetError(f"{split_file}: entry {i} is not an image name: {name!r}")
+        if unsafe_relative_path(name):  # would resolve outside images/ (CIRR refuses these too)
+            raise DatasetError(f"{split_file}: entry {i}: bad image name {name!r} (absolute or with '..')")
         found = next((folder / (name + ext) for ext in IMAGE_EXTENSIONS if listing.exists(folder / (name + ext))), None)
         if found is None:
             raise DatasetError(f"{folder / (name + '.jpg')}: image file not found (entry {i} of {split_file})")
@@ -190,7 +201,7 @@ def _cirr_gallery(root: Path, split_file: Path) -> dict:
         raise DatasetError(f"{split_file}: expected a JSON object {{image name: relative path}}")
     listing, gallery = DirectoryListing(), {}
     for name, rel in mapping.items():
-        if not isinstance(rel, str) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        if unsafe_relative_path(rel):
             raise DatasetError(f"{split_file}: image {name!r}: bad relative path {rel!r}")
         path = root / Path(rel)
         if not listing.exists(path):
@@ -253,5 +264,5 @@ def open_dataset(root, split: str, category: Optional[str] = None) -> CIRDataset
     if detect_layout(root) == "cirr":
         return load_cirr(root, split)
     if category is None:
-        raise ValueError(f"{root} is a FashionIQ folder: give a category ({', '.join(FASHIONIQ_CATEGORIES)})")
+        raise DatasetError(f"{root} is a FashionIQ folder: give a category ({', '.join(FASHIONIQ_CATEGORIES)})")
     return load_fashioniq(root, category, split)

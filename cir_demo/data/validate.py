@@ -20,6 +20,7 @@ from cir_demo.data.datasets import (
     DatasetError,
     DirectoryListing,
     read_json,
+    unsafe_relative_path,
 )
 
 CIRR_FOLDERS = {"train": "./train/", "val": "./dev/", "test1": "./test1/"}
@@ -61,6 +62,8 @@ def _check_fashioniq_split(report: _Report, root: Path, category: str, split: st
     for i, name in enumerate(names):
         if not isinstance(name, str) or not name:
             report.add(split_file, f"entry {i} is not an image name: {name!r}")
+        elif unsafe_relative_path(name):
+            report.add(split_file, f"entry {i}: bad image name {name!r} (absolute or with '..')")
         elif name in gallery:
             report.add(split_file, f"entry {i}: {name!r} is listed twice")
         else:
@@ -76,7 +79,7 @@ def _check_fashioniq_split(report: _Report, root: Path, category: str, split: st
         for key in keys:
             if key not in entry:
                 report.add(cap_file, f"entry {i} lacks the key {key!r}")
-            elif key != "captions" and entry[key] not in gallery:
+            elif key != "captions" and (not isinstance(entry[key], str) or entry[key] not in gallery):
                 report.add(cap_file, f"entry {i}: {key} image {entry[key]!r} is not in {split_file.name}")
         captions = entry.get("captions")
         if "captions" in entry and (not isinstance(captions, list) or len(captions) != 2
@@ -119,7 +122,7 @@ def _check_cirr(report: _Report, root: Path) -> None:
         split_file = root / "cirr" / "image_splits" / f"split.rc2.{split}.json"
         gallery = report.load(split_file, dict) or {}
         for name, rel in gallery.items():
-            if not isinstance(rel, str) or not rel.startswith(CIRR_FOLDERS[split]) or ".." in Path(rel).parts:
+            if not isinstance(rel, str) or not rel.startswith(CIRR_FOLDERS[split]) or unsafe_relative_path(rel):
                 report.add(split_file, f"image {name!r}: path {rel!r} should start with {CIRR_FOLDERS[split]}")
             elif not listing.exists(root / rel):
                 report.add(split_file, f"image {name!r}: file {root / rel} not found")
@@ -130,7 +133,9 @@ def _check_cirr(report: _Report, root: Path) -> None:
                 continue
             _check_cirr_entry(report, cap_file, i, entry, split, gallery)
             pid = entry.get("pairid")
-            if isinstance(pid, int) and pid in pair_ids:
+            if not isinstance(pid, int) or isinstance(pid, bool):
+                continue  # reported above; only whole numbers can repeat
+            if pid in pair_ids:
                 report.add(cap_file, f"entry {i}: pairid {pid} already used in {pair_ids[pid]}")
             pair_ids.setdefault(pid, f"{cap_file.name} entry {i}")
 

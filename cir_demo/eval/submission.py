@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,15 +18,26 @@ from cir_demo.model.composers import Composer
 logger = logging.getLogger(__name__)
 
 
+class SubmissionError(ValueError):
+    """Submission content or a composer name that cannot make the two CIRR files."""
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
 def write_submission(directory: str | os.PathLike, name: str, recall: Mapping[str, Any],
                      subset: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write `recall_submission_<name>.json` and `recall_subset_submission_<name>.json` atomically.
 
-    Returns both paths. Each file is written to a temp file beside it, then renamed.
+    Returns both paths. Each file is written to a temp file beside it, then renamed; files and
+    the folder get the usual permissions (0644 / 0755 under a 022 umask), not a temp file's 0600.
+    ``name`` must be a plain file-name fragment (letters, digits, ``_ . + -``): no separators.
     """
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise SubmissionError(f"composer name {name!r} cannot be part of a file name")
     for data, metric in ((recall, "recall"), (subset, "recall_subset")):
-        if data.get("metric") != metric or "version" not in data:
-            raise ValueError(f"expected a submission dict with metric {metric!r} and a version")
+        if not isinstance(data, Mapping) or data.get("metric") != metric or "version" not in data:
+            raise SubmissionError(f"expected a submission dict with metric {metric!r} and a version")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = (directory / f"recall_submission_{name}.json", directory / f"recall_subset_submission_{name}.json")

@@ -8,21 +8,34 @@ Layout (format ``cir-index/1``)::
                                      "preprocess", "image_root", "dataset", "split", "category",
                                      "created_by", optional "rebuild_command", ...}
 
-Writes are atomic (a temp folder beside the target, then a rename); loads validate everything
-and refuse an index built by a different model.
+Writes are atomic: the files go to a temp folder beside the target (created with the umask's
+permissions, 0755 typically), which then takes the target's place in one step. On Linux that
+step is ``renameat2(RENAME_EXCHANGE)``, swapping the new folder and the old index in a single
+atomic operation, so a reader -- or a run killed at any point -- always finds a complete index,
+old or new, at the path; the old one is then deleted. Where the exchange is unsupported (other
+systems, some network file systems) the old index is renamed aside and the new one renamed in:
+a kill between those two renames leaves the previous index at ``.<name>.old-*`` (``load_index``
+names it). Litter of killed runs (``.<name>.tmp-*`` / ``.<name>.old-*`` whose process is gone) is
+removed by the next save. A ``--out`` that is a symlink is kept: the index replaces its target.
+
+Loads validate everything and refuse an index built by a different model. Bad input raises
+``IndexFormatError`` (its subclass ``IndexDataError`` for features or names that cannot make an
+index) or ``IndexMismatchError``, all ``ValueError`` s; a missing folder ``FileNotFoundError``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import logging
 import os
 import shutil
-import tempfile
+import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,6 +49,10 @@ DEFAULT_REBUILD = "python -m cir_demo index ..."
 
 class IndexFormatError(ValueError):
     """The folder is not a readable, self-consistent gallery index (missing, truncated, corrupt)."""
+
+
+class IndexDataError(IndexFormatError):
+    """Features or names that cannot make a gallery index (NaN / inf, wrong shape, bad names)."""
 
 
 class IndexMismatchError(ValueError):
@@ -53,6 +70,7 @@ class GalleryIndex:
     row_of: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.names = check_names(self.names, int(self.features.shape[0]))
         self.row_of = {name: i for i, name in enumerate(self.names)}
 
     @property
@@ -70,35 +88,51 @@ class GalleryIndex:
 
 def rebuild_hint(manifest: Mapping[str, Any] | None) -> str:
     """The command that rebuilds this index (the manifest's "rebuild_command" if recorded)."""
-    command = (manifest or {}).get("rebuild_command") or DEFAULT_REBUILD
-    return f"rebuild it with: {command}"
+    command = manifest.get("rebuild_command") if isinstance(manifest, Mapping) else None
+    return f"rebuild it with: {command if isinstance(command, str) and command else DEFAULT_REBUILD}"
 
 
 def _as_fp16(features: Any) -> torch.Tensor:
-    tensor = torch.from_numpy(np.asarray(features)) if not torch.is_tensor(features) else features
+    try:
+        tensor = torch.from_numpy(np.asarray(features)) if not torch.is_tensor(features) else features
+    except (TypeError, ValueError, RuntimeError) as err:  # ragged lists, objects, strings
+        raise IndexDataError(f"features must be a numeric (N, D) matrix ({err})") from None
     if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
-        raise ValueError(f"features must be a non-empty (N, D) matrix, got shape {tuple(tensor.shape)}")
+        raise IndexDataError(f"features must be a non-empty (N, D) matrix, got shape {tuple(tensor.shape)}")
     if not tensor.is_floating_point():
-        raise ValueError(f"features must be floating point, got {tensor.dtype}")
+        raise IndexDataError(f"features must be floating point, got {tensor.dtype}")
+    if not bool(torch.isfinite(tensor).all()):
+        raise IndexDataError("features contain NaN or inf (the model that made them is broken)")
     out = tensor.detach().to("cpu", torch.float16).contiguous()  # (N, D)
     if not bool(torch.isfinite(out).all()):
-        raise ValueError("features contain NaN/inf (or values beyond the fp16 range)")
+        raise IndexDataError("features hold values beyond the fp16 range (|x| > 65504); the index stores fp16")
     return out
 
 
-def check_names(names: Sequence[str], rows: int) -> list[str]:
-    """Validate a row-aligned name list (strings, unique, one per row); returns it as a list."""
+def check_names(names: Iterable[str], rows: int) -> list[str]:
+    """Validate a row-aligned name list (strings, unique, one per row); returns it as a list.
+
+    Anything else -- not a list, non-string or empty entries (lists, numbers, None), repeats, a
+    count that differs from ``rows`` -- raises ``IndexDataError`` naming the first bad entry.
+    """
+    if isinstance(names, (str, bytes, Mapping)) or not isinstance(names, Iterable):
+        raise IndexDataError(f"names must be a list of strings, got {type(names).__name__}")
     names = list(names)
     if len(names) != rows:
-        raise ValueError(f"{len(names)} names for {rows} feature rows")
-    if not all(isinstance(n, str) and n for n in names):
-        raise ValueError("names must be non-empty strings")
+        raise IndexDataError(f"{len(names)} names for {rows} feature rows")
     seen: set[str] = set()
-    for name in names:
+    for i, name in enumerate(names):
+        if not isinstance(name, str) or not name:
+            raise IndexDataError(f"names must be non-empty strings; entry {i} is {_short(name)}")
         if name in seen:
-            raise ValueError(f"names must be unique; {name!r} appears more than once")
+            raise IndexDataError(f"names must be unique; {_short(name)} appears more than once")
         seen.add(name)
     return names
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def save_index(path: str | os.PathLike, features: Any, names: Sequence[str],
@@ -107,21 +141,28 @@ def save_index(path: str | os.PathLike, features: Any, names: Sequence[str],
 
     features: raw (N, D) float tensor/array (stored as fp16, not normalised); names: N unique
     strings; manifest: must contain "model_fingerprint"; "format", "count" and "dim" are filled
-    in. An existing index (or empty folder) at `path` is replaced; any other existing path is
-    refused. On any failure nothing is left behind and a previous index stays intact.
+    in. An existing index (or empty folder) at `path` is replaced in one atomic step; any other
+    existing path is refused (FileExistsError). If `path` is a symlink, its target is replaced and
+    the link kept. On any failure nothing is left behind and a previous index stays intact.
     """
-    path = Path(path)
+    given = path = Path(path)
+    if path.is_symlink():  # keep the link: replace what it points to
+        path = Path(os.path.realpath(path))
     feats = _as_fp16(features)
     names = check_names(names, feats.shape[0])
+    if not isinstance(manifest, Mapping):
+        raise IndexDataError(f"manifest must be a mapping, got {type(manifest).__name__}")
     meta = dict(manifest)
     if not isinstance(meta.get("model_fingerprint"), str):
-        raise ValueError("manifest needs a 'model_fingerprint' string (the model that made the features)")
+        raise IndexDataError("manifest needs a 'model_fingerprint' string (the model that made the features)")
     meta.update(format=FORMAT, count=int(feats.shape[0]), dim=int(feats.shape[1]))
     meta.setdefault("created_by", "cir_demo")
-    if path.exists() and not _replaceable(path):
+    if (path.exists() or path.is_symlink()) and not _replaceable(path):
         raise FileExistsError(f"{path} exists and is not a gallery index; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    remove_litter(path)
+    tmp = _sibling(path, "tmp")
+    os.mkdir(tmp)  # 0777 less the umask, like any folder the user makes (mkdtemp would make 0700)
     try:
         _write_files(tmp, feats, names, meta)
         _swap_into_place(tmp, path)
@@ -129,7 +170,61 @@ def save_index(path: str | os.PathLike, features: Any, names: Sequence[str],
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("saved gallery index %s (%d x %d)", path, feats.shape[0], feats.shape[1])
-    return path
+    return given
+
+
+def _sibling(path: Path, kind: str) -> Path:
+    """A fresh hidden name beside ``path``: ``.<name>.<kind>-<pid>-<random>`` (the pid lets a
+    later save tell a killed run's litter from a save still running)."""
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _litter(path: Path) -> list[Path]:
+    """Leftovers of earlier saves of ``path`` whose process is gone (or of unknown origin)."""
+    found = []
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        rest = next((entry.name[len(p):] for p in prefixes if entry.name.startswith(p)), None)
+        if rest is None:
+            continue
+        pid = rest.split("-", 1)[0]
+        if pid.isdigit() and "-" in rest and _process_alive(int(pid)):
+            continue  # a save in progress (this process's or another's): not litter
+        found.append(entry)
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
+        return False
+    except OSError:
+        return True  # exists but belongs to someone else (or cannot be told): leave it alone
+    return True
+
+
+def remove_litter(path: str | os.PathLike) -> list[Path]:
+    """Delete ``.<name>.tmp-*`` / ``.<name>.old-*`` beside ``path`` left by killed saves; returns them."""
+    removed = []
+    for entry in _litter(Path(path)):
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError as err:
+            logger.warning("could not remove %s left by an interrupted save: %s", entry, err)
+    if removed:
+        logger.info("removed %d leftover(s) of interrupted saves of %s", len(removed), path)
+    return removed
 
 
 def _write_files(folder: Path, feats: torch.Tensor, names: list[str], meta: dict) -> None:
@@ -138,9 +233,26 @@ def _write_files(folder: Path, feats: torch.Tensor, names: list[str], meta: dict
     save_file({"features": feats}, str(folder / FEATURES_FILE), metadata={"format": FORMAT})
     _write_json(folder / NAMES_FILE, names)
     _write_json(folder / MANIFEST_FILE, meta)
+    mode = 0o666 & ~_umask()  # safetensors writes 0600; every file gets what open() would give
     for name in (FEATURES_FILE, NAMES_FILE, MANIFEST_FILE):
+        os.chmod(folder / name, mode)
         with open(folder / name, "rb") as f:
             os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask would race)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_json(file: Path, obj: Any) -> None:
@@ -148,30 +260,77 @@ def _write_json(file: Path, obj: Any) -> None:
         json.dump(obj, f, ensure_ascii=False, indent=1, sort_keys=isinstance(obj, dict))
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _replaceable(path: Path) -> bool:
-    if not path.is_dir():
+    if path.is_symlink() or not path.is_dir():
         return False
     if not any(path.iterdir()):
         return True
     try:
-        return json.loads((path / MANIFEST_FILE).read_text("utf-8")).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
+        manifest = json.loads((path / MANIFEST_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
         return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False where the system or the file system cannot (then nothing was changed).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False  # not supported here: fall back to two renames
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename tmp to path; an existing index is moved aside first and restored on failure."""
+    """Put the complete folder ``tmp`` at ``path``; an existing index there is replaced.
+
+    With an atomic exchange the path always holds a complete index; the old one ends up at the
+    temp name and is deleted. Without, the old index is renamed aside first and restored if the
+    second rename fails.
+    """
     if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, path)  # atomic: there was nothing to replace
+    elif _exchange(tmp, path):
+        shutil.rmtree(tmp, ignore_errors=True)  # the previous index, now at the temp name
+    else:
+        old = _sibling(path, "old")
+        os.replace(path, old)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(path.parent)
 
 
 def load_index(path: str | os.PathLike, expected_fingerprint: str | None = None, *,
@@ -184,7 +343,9 @@ def load_index(path: str | os.PathLike, expected_fingerprint: str | None = None,
     """
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no gallery index folder at {path}; build one with: {DEFAULT_REBUILD}")
+        left = sorted(p.name for p in _litter(path) if (p / MANIFEST_FILE).is_file()) if not path.exists() else []
+        hint = f"; an interrupted save left the previous index at {path.parent / left[0]}" if left else ""
+        raise FileNotFoundError(f"no gallery index folder at {path}{hint}; build one with: {DEFAULT_REBUILD}")
     meta = _read_json(path / MANIFEST_FILE, None)
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise IndexFormatError(f"{path / MANIFEST_FILE} is not a {FORMAT} manifest; {rebuild_hint(meta)}")
@@ -203,6 +364,8 @@ def load_index(path: str | os.PathLike, expected_fingerprint: str | None = None,
         if not isinstance(names, list):
             raise ValueError(f"{NAMES_FILE} must hold a list of names")
         names = check_names(names, feats.shape[0])
+        if not bool(torch.isfinite(feats).all()):
+            raise ValueError("features contain NaN or inf")
     except ValueError as err:
         raise IndexFormatError(f"inconsistent gallery index {path}: {err}; {rebuild_hint(meta)}") from None
     return GalleryIndex(features=feats, names=names, manifest=meta, path=path)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -56,6 +57,8 @@ def save_checkpoint(path: PathLike, *, clip: Optional[ClipModel] = None, combine
     """Write CLIP and/or Combiner weights with the config that rebuilds them.
 
     ``dtype`` (e.g. ``torch.float16``) shrinks floating-point storage; loading casts back to fp32.
+    A tensor with values the smaller type cannot hold (beyond +-65504 for fp16, which would turn
+    into inf) is kept in its own precision instead, with a warning naming it.
     """
     if clip is None and combiner is None:
         raise ValueError("save_checkpoint needs a clip model, a combiner, or both")
@@ -77,7 +80,12 @@ def _prefixed(prefix: str, state_dict: dict, dtype: Optional[torch.dtype]) -> di
     for key, tensor in state_dict.items():
         tensor = tensor.detach().to("cpu")
         if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
+            cast = tensor.to(dtype)
+            if bool(torch.isfinite(cast).all()) or not bool(torch.isfinite(tensor).all()):
+                tensor = cast
+            else:  # finite values that overflow the smaller type: keep this tensor as it is
+                log.warning("%s%s holds values beyond the %s range (max |x| = %.4g); stored as %s instead",
+                            prefix, key, dtype, float(tensor.abs().max()), tensor.dtype)
         out[prefix + key] = tensor.contiguous().clone()  # clone: safetensors refuses shared storage
     return out
 
@@ -236,7 +244,19 @@ def _build_checked(build: Callable[[], torch.nn.Module], stored: dict, path: Pat
 
 
 def load_state_strict(module: torch.nn.Module, state_dict: dict, path: PathLike, what: str) -> None:
+    """Load ``state_dict`` into ``module`` exactly (no missing or extra keys, same shapes).
+
+    NaN in any tensor, or inf in a parameter, is refused naming the tensor: such weights only ever
+    produce NaN features, which would fail far from their cause.
+    """
     state_dict = {k: v for k, v in state_dict.items() if k not in _NON_PARAMETER_KEYS}
+    parameters = {name for name, _ in module.named_parameters()}
+    for key, tensor in state_dict.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point():
+            bad = torch.isnan(tensor) if key not in parameters else ~torch.isfinite(tensor)
+            if bool(bad.any()):
+                raise CheckpointError(f"{path}: the {what} tensor {key!r} holds {int(bad.sum())} NaN / inf "
+                                      f"values; these weights are broken (a diverged or damaged model)")
     try:
         module.load_state_dict(state_dict, strict=True)  # copy_ casts fp16 storage back to fp32
     except RuntimeError as err:
@@ -244,14 +264,30 @@ def load_state_strict(module: torch.nn.Module, state_dict: dict, path: PathLike,
 
 
 def safe_torch_load(path: PathLike) -> object:
-    """``torch.load(weights_only=True)``; a pickle with arbitrary objects is refused clearly."""
+    """``torch.load(weights_only=True)``; a pickle with arbitrary objects is refused clearly.
+
+    The message says why (unpickling arbitrary objects can execute code) and what to do (re-save
+    the weights as a plain state dict or as safetensors); it never suggests turning the safe
+    loader off.
+    """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, EOFError) as err:
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" (it references {found.group(1)})" if found else ""
         raise CheckpointError(
-            f"{path}: refused to load. Only tensors and plain containers are accepted "
-            f"(torch.load with weights_only=True); this file holds other pickled Python objects or is "
-            f"damaged. Details: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+            f"{path}: refused to load: it holds pickled Python objects other than tensors and plain "
+            f"containers{what}. Unpickling such objects can execute arbitrary code, so this loader "
+            f"(torch.load with weights_only=True) accepts only weights. Re-save the weights alone, e.g. "
+            f"torch.save({{'CLIP': model.state_dict()}}, file), or as safetensors.") from None
+    except (RuntimeError, AttributeError, TypeError, ValueError, EOFError, OSError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise CheckpointError(f"checkpoint not found: {path}") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "weights_only" in first:  # torch's own advice would be to turn the safe loader off
+            first = type(err).__name__
+        raise CheckpointError(f"{path}: refused to load: not a readable PyTorch checkpoint, it is damaged or "
+                              f"truncated ({first[:200]})") from None
 
 
 def _load_official(path: Path, model_name: Optional[str]) -> Checkpoint:

@@ -2,48 +2,83 @@
 
 Used by indexing, evaluation and training-time feature caches. Images are decoded and
 preprocessed in DataLoader workers; encoding runs under ``no_grad`` with autocast on CUDA.
+
+Bad input raises this library's errors only: :class:`ImageReadError` (a file or upload that is
+not a usable image, naming it), its subclass :class:`ImageShapeError` (no pixels, or an absurd
+aspect ratio) and :class:`EncodeError` (the model returned NaN / inf features). An image that
+fails inside a DataLoader worker is reported with its own message, not torch's wrapped traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import IO, Callable, Iterable, Optional, Sequence, Union
 
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from cir_demo.data.transforms import ImageReadError, ImageShapeError, check_size
 from cir_demo.model.clip import ClipModel
 
 log = logging.getLogger(__name__)
+
+__all__ = ["EncodeError", "ImageFiles", "ImageReadError", "ImageShapeError", "encode_image_files",
+           "encode_names", "encode_pil_images", "encode_texts", "open_image"]
 
 # Pillow's default bomb limit (~89 Mpx) warns only; beyond twice that it raises. We refuse
 # anything past the warning threshold: no product photo needs more.
 Image.MAX_IMAGE_PIXELS = 89_478_485
 
 
-class ImageReadError(ValueError):
-    """An image file could not be decoded; the message names it."""
+class EncodeError(ValueError):
+    """The model produced NaN or infinite features (its weights are broken, or fp16 overflowed)."""
 
 
-def open_image(path: Union[str, Path]) -> Image.Image:
-    """Open and fully decode an image, turning decoder errors into ``ImageReadError``."""
+def open_image(source: Union[str, Path, IO[bytes]]) -> Image.Image:
+    """Open and fully decode an image file (a path or a binary file object).
+
+    Every failure is an ``ImageReadError`` naming the file: not an image, truncated, an unknown
+    format, a decompression bomb (refused from its header, before decoding), or a size that
+    cannot be a photo (``ImageShapeError``, also from the header). Animated images give their
+    first frame. The pixels are decoded once and not copied (an 89 Mpx image costs its ~360 MB
+    once, not twice).
+    """
+    name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<image data>")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
-            with Image.open(path) as image:
-                image.load()
-                return image.copy() if not getattr(image, "is_animated", False) else _first_frame(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageReadError(f"cannot read image {path}: {err}") from None
+            if isinstance(source, (str, os.PathLike)):
+                with open(source, "rb") as handle:  # ours to close; the decoded pixels outlive it
+                    return _decode(handle)
+            return _decode(source)
+    except ImageReadError as err:
+        raise type(err)(f"cannot use image {name}: {err}") from None
+    except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, MemoryError, struct.error...
+        raise ImageReadError(f"cannot read image {name}: {err or type(err).__name__}") from None
 
 
-def _first_frame(image: Image.Image) -> Image.Image:
-    image.seek(0)
-    return image.convert("RGBA")
+def _decode(handle: IO[bytes]) -> Image.Image:
+    image = Image.open(handle)
+    check_size(*image.size)  # from the header: nothing decoded yet
+    image.load()
+    if getattr(image, "is_animated", False):
+        image.seek(0)
+        return image.convert("RGBA")
+    return image
+
+
+def check_finite(features: torch.Tensor, what: str) -> torch.Tensor:
+    """``features`` unchanged if all finite, else an ``EncodeError`` saying how many rows are not."""
+    bad = ~torch.isfinite(features).all(dim=-1) if features.numel() else torch.zeros(0, dtype=torch.bool)
+    if bool(bad.any()):
+        raise EncodeError(f"the model returned NaN or infinite features for {int(bad.sum())} of {len(bad)} "
+                          f"{what}; its weights are broken (NaN / inf) or overflow in fp16")
+    return features
 
 
 class ImageFiles(Dataset):
@@ -59,6 +94,24 @@ class ImageFiles(Dataset):
         return self.preprocess(open_image(self.paths[row])), row
 
 
+class _CheckedImageFiles(ImageFiles):
+    """``ImageFiles`` that hands an unreadable image's error back as data, so that it reaches the
+    main process as our own exception rather than torch's "Caught ... in DataLoader worker"."""
+
+    def __getitem__(self, row: int):
+        try:
+            return super().__getitem__(row) + (None,)
+        except ImageReadError as err:
+            return None, row, err
+
+
+def _collate_checked(items: list) -> tuple:
+    errors = [error for _, _, error in items if error is not None]
+    if errors:
+        return None, None, errors[0]
+    return torch.stack([pixels for pixels, _, _ in items]), torch.tensor([row for _, row, _ in items]), None
+
+
 def autocast_for(device: torch.device):
     """fp16 autocast on CUDA (the paper's AMP); nothing on CPU, where fp32 is the fast path."""
     return torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
@@ -71,21 +124,31 @@ def encode_image_files(clip: ClipModel, paths: Sequence[Union[str, Path]], *, ba
     out = torch.empty(len(paths), clip.feature_dim)
     if not len(paths):
         return out
-    loader = DataLoader(ImageFiles(paths, clip.preprocess), batch_size=batch_size, num_workers=num_workers,
+    loader = DataLoader(_CheckedImageFiles(paths, clip.preprocess), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=_collate_checked,
                         pin_memory=clip.device.type == "cuda", persistent_workers=False)
-    for images, rows in _maybe_tqdm(loader, progress, desc):
+    for images, rows, error in _maybe_tqdm(loader, progress, desc):
+        if error is not None:
+            raise error
         with autocast_for(clip.device):
             feats = clip.encode_image(images.to(clip.device, non_blocking=True))  # (B, D)
-        out[rows] = feats.float().cpu()
+        out[rows] = check_finite(feats.float().cpu(), "images")
     return out
 
 
 @torch.no_grad()
 def encode_pil_images(clip: ClipModel, images: Iterable[Image.Image]) -> torch.Tensor:
-    """Raw image features (B, D) float32 for in-memory PIL images (e.g. an upload)."""
-    batch = torch.stack([clip.preprocess(image) for image in images])
+    """Raw image features (B, D) float32 for in-memory PIL images (e.g. an upload).
+
+    An image that is not usable raises ``ImageReadError`` / ``ImageShapeError``; none at all,
+    ``ImageReadError`` too.
+    """
+    pixels = [clip.preprocess(image) for image in images]  # (3, S, S) each; refuses bad images
+    if not pixels:
+        raise ImageReadError("no image given")
     with autocast_for(clip.device):
-        return clip.encode_image(batch).float()
+        feats = clip.encode_image(torch.stack(pixels)).float()
+    return check_finite(feats, "images")
 
 
 @torch.no_grad()
@@ -96,7 +159,8 @@ def encode_texts(clip: ClipModel, texts: Sequence[str], *, batch_size: int = 256
     starts = range(0, len(texts), batch_size)
     for start in _maybe_tqdm(starts, progress, desc):
         with autocast_for(clip.device):
-            chunks.append(clip.encode_text(list(texts[start:start + batch_size])).float().cpu())
+            chunks.append(check_finite(clip.encode_text(list(texts[start:start + batch_size])).float().cpu(),
+                                       "captions"))
     return torch.cat(chunks) if chunks else torch.empty(0, clip.feature_dim)
 
 
