@@ -169,9 +169,9 @@ def test_cuda_graphed_text_tower_matches_eager(clip):
     gpu = torch.device("cuda")
     model = load_clip("cir-tiny").model.to(gpu).eval()
     for precision, atol in (("fp32", 1e-4), ("fp16", 2e-2)):
-        graphed = make_text_tower(model, gpu, precision, cuda_graphs=True)
+        graphed = make_text_tower(model, gpu, precision, cuda_graphs=True, capture="eager")
         eager = make_text_tower(model, gpu, precision, cuda_graphs=False)
-        assert graphed._graphs and all(entry[2] is not None for entry in graphed._graphs.values())
+        assert graphed._graphs and all(entry.graph is not None for entry in graphed._graphs.values())
         for caption in ["red", "is darker and has orange lettering", "make the background blue " * 3]:
             tokens = clip.tokenize([caption])
             assert torch.allclose(graphed(tokens), eager(tokens), atol=atol)

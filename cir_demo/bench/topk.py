@@ -1,6 +1,7 @@
 """Exact top-k benchmark: `Gallery.topk` vs FAISS IndexFlatIP vs plain fp32 matmul + sort.
 
-Prints one JSON line per (N, method) and one with the ratios, p50 over --runs single queries:
+Prints a line describing the machine (CPU model, SIMD flags), then one JSON line per (N, method)
+and one with the ratios, p50 over --runs single queries:
 
     python -m cir_demo.bench.topk [--sizes 10000 100000] [--dim 640] [--k 50] [--runs 30]
 
@@ -17,6 +18,7 @@ import time
 
 import torch
 
+from cir_demo.config.runtime import cpu_description
 from cir_demo.index import Gallery
 
 
@@ -76,6 +78,7 @@ def main(argv=None) -> None:
     parser.add_argument("--runs", type=int, default=30)
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
+    print(json.dumps({"machine": cpu_description(), "torch": torch.__version__}))
     for n in args.sizes:
         res = bench_size(n, args.dim, args.k, args.runs)
         for method, ms in res.items():

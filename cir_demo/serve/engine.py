@@ -33,7 +33,8 @@ from cir_demo.model.composers import COMPOSER_NAMES, Composer, make_composer
 from cir_demo.serve.cache import LRUCache
 from cir_demo.serve.results import Hit, SearchResult
 from cir_demo.pipeline.encode import encode_pil_images
-from cir_demo.serve.text_tower import make_text_tower, resolve_text_dtype
+from cir_demo.serve.precision import PROBE_CAPTIONS, choose_combiner_precision, resolve_precision
+from cir_demo.serve.text_tower import make_text_tower
 
 log = logging.getLogger(__name__)
 
@@ -77,28 +78,44 @@ class Engine:
 
     def __init__(self, clip: ClipModel, combiner: Optional[Combiner] = None, *, device: Optional[str] = None,
                  text_precision: str = "auto", compose_precision: str = "auto", cuda_graphs: Optional[bool] = None,
-                 text_cache_size: int = 4096, name: str = "default"):
-        """``text_precision`` / ``compose_precision``: dtype of the caption tower and the Combiner
-        ("auto": fp16 on CUDA, bf16 on CPUs with native bf16, else fp32). Reduced precisions move
-        scores slightly; "fp32" on the CPU gives the scores of ``eval`` on the CPU (on CUDA,
-        ``eval`` encodes under fp16 autocast, as the paper's code does). ``cuda_graphs``: replay
-        captured graphs for single captions on CUDA (default on there). The image tower stays as
+                 capture: str = "lazy", text_cache_size: int = 4096, name: str = "default"):
+        """``text_precision`` / ``compose_precision``: precision of the caption tower and the Combiner.
+        "auto": fp16 on CUDA; on a CPU the fastest of fp32 / bf16 / (fp16w) / int8 whose outputs stay
+        within cosine 0.999 of fp32, timed at start-up (``cir_demo.serve.precision``), so the choice
+        follows what is fast on this machine, not its CPU flags. Reduced precisions move scores
+        slightly; "fp32" on the CPU gives the scores of ``eval`` on the CPU (on CUDA, ``eval``
+        encodes under fp16 autocast, as the paper's code does). ``cuda_graphs``: replay captured
+        graphs for single captions on CUDA (default on there), captured on first use
+        (``capture="lazy"``: no CUDA work at construction, as ZeroGPU needs). The image tower stays as
         loaded, so uploads match indexed features. ``name`` labels the bundle in messages."""
         check_compatible(clip, combiner)
         self.name = name
         self.device = default_device(device)
         self.clip = clip.to(self.device)
         self.clip.model.eval()
-        self.text_tower = make_text_tower(self.clip.model, self.device, text_precision, cuda_graphs)
-        compose_dtype = resolve_text_dtype(compose_precision, self.device)
-        self.combiner = (copy.deepcopy(combiner).to(self.device, compose_dtype).eval()
-                         if combiner is not None else None)
+        probe_tokens = [self.clip.tokenize([c]) for c in PROBE_CAPTIONS]
+        self.text_tower = make_text_tower(self.clip.model, self.device, text_precision, cuda_graphs,
+                                          capture=capture, probe_tokens=probe_tokens)
+        self.combiner, self.compose_choice = None, None
+        if combiner is not None:
+            probe_text = None
+            if resolve_precision(compose_precision, self.device) == "auto":  # CPU probe only: no CUDA work
+                with torch.inference_mode():
+                    probe_text = self.text_tower(torch.cat(probe_tokens))
+            self.compose_choice = choose_combiner_precision(combiner, self.device, compose_precision,
+                                                            text_features=probe_text)
+            self.combiner = self.compose_choice.module
         self._reference_combiner = combiner  # as given (fp32 as loaded): for evaluation-exact batch passes
         self.composers: dict[str, Composer] = {
             name: make_composer(name, self.combiner) for name in COMPOSER_NAMES
             if name != "combiner" or self.combiner is not None}
         self.galleries: dict[str, GalleryEntry] = {}
         self._text_cache = LRUCache(text_cache_size)  # thread-safe: Gradio serves requests concurrently
+
+    def precisions(self) -> dict:
+        """What the caption tower and the Combiner run in, and why (the probe's timings and cosines)."""
+        return {"text": self.text_tower.choice.describe(),
+                "compose": self.compose_choice.describe() if self.compose_choice else None}
 
     def clear_caches(self) -> None:
         """Forget cached caption features (e.g. between benchmark runs)."""
