@@ -129,7 +129,16 @@ def test_bad_k_and_rows(gallery, data):
 
 def test_scan_dtype_choice():
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu, 1000) == torch.float32  # small galleries: fp32 is faster
+    fp32, bf16, fp16 = torch.float32, torch.bfloat16, torch.float16
+
+    def timer(times):
+        return lambda dtype, n, d: times[dtype]
+    # the fastest measured wins; fp32 is kept when within 5 % of it
+    assert resolve_dtype("auto", cpu, 100_000, timer=timer({fp32: 20.0, bf16: 8.0, fp16: 4.5})) == fp16
+    assert resolve_dtype("auto", cpu, 100_000, timer=timer({fp32: 20.0, bf16: 7.0, fp16: 9.0})) == bf16
+    assert resolve_dtype("auto", cpu, 1000, timer=timer({fp32: 1.02, bf16: 1.0, fp16: 1.1})) == fp32
+    measured = resolve_dtype("auto", cpu, 5000, 32)  # the real probe: some float dtype, remembered
+    assert measured in (fp32, bf16, fp16) and resolve_dtype("auto", cpu, 5000, 32) == measured
     assert resolve_dtype("auto", torch.device("cuda"), 10) == torch.float16
     assert resolve_dtype("bf16", cpu) == torch.bfloat16
     with pytest.raises(ValueError):

@@ -13,12 +13,14 @@ Timings: `python -m cir_demo bench` (cir_demo/bench/topk.py); no figure is kept 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+import statistics
+import time
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from cir_demo.config.runtime import cpu_has_native_bf16, default_device, dtype_of
+from cir_demo.config.runtime import default_device, dtype_of
 from cir_demo.index import kernels as K
 from cir_demo.index.store import GalleryIndex, check_names
 
@@ -35,22 +37,51 @@ _CUDA_SAFETY = 4.0
 # fp32 scans on CUDA may run at reduced input precision (torch.set_float32_matmul_precision):
 # "high" allows TF32 (10 stored mantissa bits), "medium" bf16 (7); bounds allow truncation.
 _FP32_MATMUL_ROUNDOFF = {"highest": 0.0, "high": 2.0 ** -10, "medium": 2.0 ** -7}
-CPU_BF16_MIN_ROWS = 32_768
+PROBE_ROWS = 65_536        # the scan-dtype probe times a gallery of at most this many rows
+_SCAN_CHOICES: dict = {}   # (device type, dim, size bucket) -> dtype, probed once per process
 
 
-def resolve_dtype(compute_dtype: str | torch.dtype, device: torch.device, n_rows: int = 0) -> torch.dtype:
-    """Scan dtype. "auto": fp16 on CUDA; on CPU bf16 when the CPU has native bf16 (AVX512-BF16 /
-    AMX) and the gallery has >= CPU_BF16_MIN_ROWS rows, else fp32. The row threshold is a
-    tuning constant (a bf16 scan saves memory traffic but widens the band to rescore); re-tune
-    it with `python -m cir_demo bench`."""
+def resolve_dtype(compute_dtype: str | torch.dtype, device: torch.device, n_rows: int = 0, dim: int = 640,
+                  *, timer: Callable[[torch.dtype, int, int], float] | None = None) -> torch.dtype:
+    """Scan dtype. "auto": fp16 on CUDA; on a CPU the fastest of fp32 / bf16 / fp16 for a gallery of
+    this size, timed once per process on random unit vectors (the whole exact top-k: scan, bound
+    and rescoring), because which is fastest depends on the machine's kernels, not on its flags:
+    fp16 scans beat bf16 on both an AVX2-only EPYC and an AVX512-BF16 one, and fp32 wins on small
+    galleries where rescoring costs more than the scan saves. Results are exact in every dtype.
+    ``timer(dtype, n_rows, dim) -> ms`` replaces the measurement (tests)."""
     if isinstance(compute_dtype, torch.dtype):
         return compute_dtype
-    if compute_dtype == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        use_bf16 = device.type == "cpu" and n_rows >= CPU_BF16_MIN_ROWS and cpu_has_native_bf16()
-        return torch.bfloat16 if use_bf16 else torch.float32
-    return dtype_of(compute_dtype, "compute_dtype ('auto' or a precision)")
+    if compute_dtype != "auto":
+        return dtype_of(compute_dtype, "compute_dtype ('auto' or a precision)")
+    if device.type == "cuda":
+        return torch.float16
+    key = (device.type, dim, max(1, n_rows).bit_length())
+    if timer is None and key in _SCAN_CHOICES:
+        return _SCAN_CHOICES[key]
+    timer = timer or _time_topk
+    timings = {dtype: timer(dtype, n_rows, dim) for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    choice = min(timings, key=timings.get)
+    if timings[torch.float32] <= 1.05 * timings[choice]:  # near-equal: keep the simplest
+        choice = torch.float32
+    logger.debug("scan dtype probe for %d x %d: %s -> %s", n_rows, dim, timings, choice)
+    _SCAN_CHOICES[key] = choice
+    return choice
+
+
+def _time_topk(dtype: torch.dtype, n_rows: int, dim: int, repeats: int = 7) -> float:
+    """Median ms of one top-50 query over a random gallery like this one (scaled from PROBE_ROWS)."""
+    rows = max(64, min(n_rows, PROBE_ROWS))
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(rows, dim, generator=gen)  # (R, D)
+    gallery = Gallery(feats, [str(i) for i in range(rows)], device="cpu", compute_dtype=dtype)
+    query = torch.nn.functional.normalize(feats[rows // 2] + 0.5 * torch.randn(dim, generator=gen), dim=0)
+    gallery.topk(query, 50)  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        gallery.topk(query, 50)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times) * max(1.0, n_rows / rows)
 
 
 class Gallery:
@@ -72,7 +103,7 @@ class Gallery:
         self.row_of = {name: i for i, name in enumerate(self.names)}
         self.manifest = dict(manifest or {})
         self.device = default_device(device)
-        self.compute_dtype = resolve_dtype(compute_dtype, self.device, raw.shape[0])
+        self.compute_dtype = resolve_dtype(compute_dtype, self.device, raw.shape[0], raw.shape[1])
         # Normalise where the features are (the CPU, as loaded), then only transfer: no CUDA work
         # happens at construction (ZeroGPU attaches a GPU only inside a request).
         host = raw.detach().to(torch.float16)
@@ -190,9 +221,7 @@ class Gallery:
         qc = q.to(self.compute_dtype)
         if self._out_dtype() == torch.float32 and self.compute_dtype != torch.float32:
             return torch.mm(qc, self._matrix.T, out_dtype=torch.float32)
-        if qc.shape[0] == 1:  # one query: a matrix-vector product
-            return torch.mv(self._matrix, qc[0])[None]
-        return qc @ self._matrix.T
+        return qc @ self._matrix.T  # (B, N); a 1-row matmul beats torch.mv for bf16 on CPUs
 
     def _eps(self, q: torch.Tensor) -> torch.Tensor:
         """Bound (B,) on |scan - canonical score| for queries q (B, D); see `kernels.error_bound`."""
