@@ -53,8 +53,10 @@ def make_cases(catalog, count: int, seed: int = 0) -> list[tuple]:
     return cases
 
 
-def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seconds: float = 120.0) -> LoadResult:
-    """Drive ``users`` concurrent clients, ``queries`` searches each (bounded by ``max_seconds``)."""
+def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seconds: float = 120.0,
+             think_s: float = 0.0) -> LoadResult:
+    """Drive ``users`` concurrent clients, ``queries`` searches each (bounded by ``max_seconds``);
+    each user pauses ``think_s`` after every answer (0: back to back, the harshest case)."""
     from gradio_client import Client
 
     host = urlparse(url).hostname or ""
@@ -66,6 +68,7 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
     barrier = threading.Barrier(users)
 
     def user(i: int) -> None:
+        rng = random.Random(i)
         barrier.wait()
         for q in range(queries):
             if time.perf_counter() > deadline:
@@ -81,6 +84,8 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
             elapsed = (time.perf_counter() - start) * 1000
             with lock:
                 (result.errors.append(error) if error else result.latencies_ms.append(elapsed))
+            if think_s:
+                time.sleep(think_s * (0.5 + rng.random()))  # people read results for a while
 
     threads = [threading.Thread(target=user, args=(i,), daemon=True) for i in range(users)]
     start = time.perf_counter()
@@ -97,6 +102,8 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--queries", type=int, default=20, help="searches per user")
     parser.add_argument("--max-seconds", type=float, default=300.0)
+    parser.add_argument("--think", type=float, default=0.0,
+                        help="mean seconds a user pauses after each answer (default 0: back to back)")
     parser.add_argument("--url", default=None, help="a running app on this machine (default: launch one)")
     args = parser.parse_args(argv)
     from cir_demo.ui.serve import build_app, launch
@@ -112,8 +119,9 @@ def main(argv: Optional[list] = None) -> int:
         launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
         url = f"http://127.0.0.1:{port}/"
     result = run_load(url, make_cases(catalog, 500), users=args.users, queries=args.queries,
-                      max_seconds=args.max_seconds)
-    print(json.dumps({"bench": "app_load_search_k50", **result.summary(), **cpu_description()}), flush=True)
+                      max_seconds=args.max_seconds, think_s=args.think)
+    print(json.dumps({"bench": "app_load_search_k50", "think_s": args.think, "clients": "gradio_client, in this process",
+                      **result.summary(), **cpu_description()}), flush=True)
     if args.url is None:
         demo.close()
     return 0
