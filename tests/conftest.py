@@ -36,6 +36,27 @@ def http_status():
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny_training_world(tmp_path_factory):
+    """The tiny synthetic world (seed 3) the training tests run on."""
+    from cir_demo.data.synth import generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    generate_world(root, size="tiny", seed=3, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_file(tmp_path_factory):
+    """A random-initialised cir-tiny CLIP saved as our checkpoint."""
+    from cir_demo.model import load_clip, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("clip") / "clip.safetensors"
+    save_checkpoint(path, clip=load_clip("cir-tiny"))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

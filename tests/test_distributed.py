@@ -30,22 +30,13 @@ EPS = 1e-3
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from cir_demo.data.synth import generate_world
-
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, size="tiny", seed=3, progress=False)
-    return root
+def world(tiny_training_world):
+    return tiny_training_world
 
 
 @pytest.fixture(scope="module")
-def clip_file(tmp_path_factory):
-    from cir_demo.model import load_clip, save_checkpoint
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "clip.safetensors"
-    save_checkpoint(path, clip=load_clip("cir-tiny"))
-    return path
+def clip_file(tiny_clip_file):
+    return tiny_clip_file
 
 
 def torchrun(*argv, timeout=300):

@@ -14,24 +14,18 @@ import pytest
 import torch
 
 from cir_demo.cli import main
-from cir_demo.data.synth import generate_world
-from cir_demo.model import load_checkpoint, load_clip, save_checkpoint
+from cir_demo.model import load_checkpoint, load_clip
 from cir_demo.train.loop import STATE_FILE, epoch_batches
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("world")
-    generate_world(root, size="tiny", seed=3, progress=False)
-    return root
+def world(tiny_training_world):
+    return tiny_training_world
 
 
 @pytest.fixture(scope="module")
-def clip_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("clip") / "clip.safetensors"
-    save_checkpoint(path, clip=load_clip("cir-tiny"))
-    return path
+def clip_file(tiny_clip_file):
+    return tiny_clip_file
 
 
 def step_losses(run_dir):
