@@ -132,3 +132,29 @@ def test_validation_browser_reproduces_the_published_numbers(app):
     cells = [c.strip(" *") for c in readme_row("Combiner (stage 2)", "CIRR layout (reference removed)").split("|")]
     want = [f"{summary[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@50", "Rs@1", "Rs@2", "Rs@3", "avg")]
     assert cells[2:10] == want
+
+
+def test_compare_works_with_an_uploaded_reference(client, tmp_path):
+    from gradio_client import handle_file
+
+    photo = tmp_path / "upload.png"
+    Image.fromarray((np.random.default_rng(2).random((70, 60, 3)) * 255).astype(np.uint8)).save(photo)
+    client.predict(handle_file(str(photo)), api_name="/ui_upload")
+    out = client.predict("is darker", 6, api_name="/ui_compare")
+    headers, galleries = out[0::2], out[1::2]
+    assert [h.split("**")[1] for h in headers] == ["Combiner", "Sum (stage 1)", "Image only", "Text only"]
+    assert all(len(g) == 6 for g in galleries)
+
+
+def test_result_files_survive_concurrent_searches(monkeypatch, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cir_demo.serve.results import Hit, SearchResult
+    from cir_demo.ui import handlers
+
+    monkeypatch.setattr(handlers, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(handlers, "KEEP_RESULT_FILES", 5)
+    result = SearchResult([Hit(1, "a", 0.5)], "combiner")
+    with ThreadPoolExecutor(6) as pool:
+        paths = list(pool.map(lambda i: handlers.write_results("dress", f"r{i}", "x", result), range(300)))
+    assert len(paths) == 300 and len(list((tmp_path / "results").glob("*.json"))) <= 5 + 6

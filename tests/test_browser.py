@@ -165,3 +165,7 @@ def test_deep_link_reopens_a_retrieval(page, app):
     page.wait_for_function("document.querySelectorAll('#results .grid-container .thumbnail-item').length === 50")
     assert f"rank {row.rank}" in page.inner_text("#status")
     shot(page, "search", scroll_to="#status")
+    # a link whose reference is unknown is not quietly run with another reference
+    open_app(page, base + "?" + urlencode({"gallery": "dress", "ref": "no-such-image", "q": row.caption}))
+    page.wait_for_timeout(1500)
+    assert result_count(page) == 0 and "no-such-image" in page.content()

@@ -105,3 +105,11 @@ def test_hub_sources_stay_as_written_and_fail_fast_offline(tmp_path, monkeypatch
     with pytest.raises(WeightsUnavailableError, match="hf://owner/repo/path"):
         resolve_source("hf://just-a-repo", tmp_path)
     assert resolve_source("openai", tmp_path) == "openai"
+
+
+def test_a_relative_cache_dir_is_taken_from_the_config_folder(tmp_path):
+    data = {**GOOD, "cache_dir": "mycache"}
+    deployment = parse_config(data, base=tmp_path / "cfg")
+    assert deployment.cache_dir == tmp_path / "cfg" / "mycache"
+    assert deployment.world_dir == tmp_path / "cfg" / "mycache" / "world"
+    assert deployment.bundles[0].galleries[0].data == str(tmp_path / "cfg" / "mycache" / "world" / "fashioniq")

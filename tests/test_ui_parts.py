@@ -82,6 +82,9 @@ def test_browser_filters_and_orders():
     assert [x.index for x in filter_rows(r, outcome="hits", hit_at=1)] == [3]
     with pytest.raises(ValueError, match="outcome must be one of"):
         filter_rows(r, outcome="maybe")
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="hit_at must be a whole number"):
+            filter_rows(r, hit_at=bad)
     headers, body = table(r, filter_rows(r)[:1])
     assert headers == ["#", "rank", "reference", "target", "caption"] and body == [[1, 40, "b", "t1", "is darker red"]]
 

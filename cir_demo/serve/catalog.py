@@ -188,12 +188,15 @@ class Catalog:
         return engine.search(gallery, reference=reference, caption=caption, k=k, composer=composer,
                              **extra, **kwargs)
 
-    def compare(self, gallery: str, *, reference: Union[str, Image.Image], caption: str, k: int = 50,
-                composers: Optional[Sequence[str]] = None, target: Optional[str] = None) -> dict[str, SearchResult]:
-        """The same query under several composers (default: all the bundle has)."""
+    def compare(self, gallery: str, *, reference: Union[str, Image.Image, None], caption: str, k: int = 50,
+                composers: Optional[Sequence[str]] = None, target: Optional[str] = None,
+                **kwargs) -> dict[str, SearchResult]:
+        """The same query under several composers (default: all the bundle has); ``kwargs`` as for
+        ``Engine.compare`` (e.g. ``upload_features`` with ``reference=None``)."""
         engine = self.engine_for(gallery)
         extra = self._ground_truth(gallery, reference, caption, target)
-        return engine.compare(gallery, reference=reference, caption=caption, k=k, composers=composers, **extra)
+        return engine.compare(gallery, reference=reference, caption=caption, k=k, composers=composers,
+                              **extra, **kwargs)
 
     def _ground_truth(self, gallery: str, reference, caption, target: Optional[str]) -> dict:
         if target is not None:
@@ -213,6 +216,8 @@ class Catalog:
         record = self._record(gallery)
         if not record.triplets:
             raise QueryError(f"gallery {gallery!r} has no known triplets to rank")
+        if composer in record.ranks:
+            return record.ranks[composer]
         with self._lock:
             if composer not in record.ranks:
                 engine = record.engine

@@ -113,6 +113,8 @@ def parse_config(data: Any, *, base: os.PathLike | str = ".", source: str = "<di
     _keys(top, source, required=("bundles",), optional=("title", "public_url", "cache_dir", "world"))
     cache = Path(os.path.expanduser(_str(top, "cache_dir", source, default="") or
                                     os.environ.get(CACHE_ENV) or "~/.cache/cir_demo/app"))
+    if not cache.is_absolute():  # like every other relative path: from the config file's folder
+        cache = Path(base) / cache
     world = _world(top.get("world"), f"{source}: world") if "world" in top else None
     world_dir = cache / "world" if world else None
     paths = {"project": str(PROJECT_DIR), "cache": str(cache), "config": str(Path(base)),

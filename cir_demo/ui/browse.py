@@ -19,6 +19,8 @@ def filter_rows(ranks: SplitRanks, *, outcome: str = "all", hit_at: int = 10, ra
         raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
     if sort not in SORTS:
         raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+    if isinstance(hit_at, bool) or not isinstance(hit_at, int) or hit_at < 1:
+        raise ValueError(f"hit_at must be a whole number >= 1, got {hit_at!r}")
     wanted = [w for w in (words or "").lower().split() if w]
     rows = []
     for row in ranks.rows:

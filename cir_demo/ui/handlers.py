@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -29,8 +30,9 @@ from cir_demo.ui.zerogpu import gpu
 log = logging.getLogger(__name__)
 
 USER_ERRORS = (QueryError, ImageReadError, ValueError)
-RESULTS_DIR = Path(tempfile.gettempdir()) / "cir_demo_results"
+RESULTS_DIR = Path(tempfile.gettempdir()) / f"cir_demo_results-{os.getpid()}"  # this process's own
 KEEP_RESULT_FILES = 200
+_RESULTS_LOCK = threading.Lock()
 EXAMPLES = {"fashioniq": ["is darker", "has long sleeves and is red", "is more fitted with a v-neck",
                           "has a floral pattern"],
             "cirr": ["change the background to pink", "add a small red ball on the left",
@@ -59,7 +61,7 @@ class Handlers:
 
     def __init__(self, catalog: Catalog):
         self.catalog = catalog
-        for name in ("search", "compare", "upload", "search_if_caption"):  # the calls that run the models
+        for name in ("search", "compare", "upload"):  # the calls that run the models
             setattr(self, name, gpu(getattr(self, name)))
 
     # ---- references ---------------------------------------------------------------------------
@@ -104,14 +106,22 @@ class Handlers:
 
     # ---- gallery and picker -------------------------------------------------------------------
     @user_facing
-    def switch_gallery(self, gallery: str):
+    def switch_gallery(self, gallery: str, composer: Optional[str] = None):
         state = S.restart({}, gallery, {"name": self.catalog.random_reference(gallery)})
         info = self.catalog.info(gallery)
         examples = EXAMPLES.get(info.dataset or "", [])
-        cleared = ([], [], "", "", gr.update(visible=False, value=None))  # results of the old gallery
+        cleared = ([], [], "", "", gr.update(visible=False, value=None), None,
+                   query_string(gallery, None, "", 50, "combiner"))  # the old gallery's results and link
         return (*self.reference_view(state), *self.page_view(state),
                 gr.update(choices=examples, value=None), self.upload_note(gallery), *cleared,
-                "Ranks every validation triplet of the gallery in one batch.", gr.update(value=None))
+                "Ranks every validation triplet of the gallery in one batch.", gr.update(value=None),
+                self.composer_update(gallery, composer))
+
+    def composer_update(self, gallery: str, current: Optional[str] = None):
+        """The composers this gallery's bundle has (a bundle may lack a Combiner), keeping ``current``."""
+        names = list(self.catalog.engine_for(gallery).composers)
+        value = current if current in names else ("combiner" if "combiner" in names else names[0])
+        return gr.update(choices=names, value=value)
 
     def upload_note(self, gallery: str) -> str:
         info = self.catalog.info(gallery)
@@ -146,14 +156,15 @@ class Handlers:
         gallery = state["gallery"]
         result = self.catalog.search(gallery, caption=caption, k=_int(k), composer=composer, **self._query(state))
         view = self.results_view(gallery, result)
-        link = query_string(gallery, S.reference_name(state), caption, _int(k), composer)
+        ref = S.reference_name(state)  # an upload has no shareable reference: no link then
+        link = query_string(gallery, ref, caption, _int(k), composer) if ref else ""
         download = write_results(gallery, S.reference_name(state), caption, result)
         log.debug("search handler %.1f ms", (time.perf_counter() - start) * 1000)
         return (*view, download, link)
 
     def search_if_caption(self, state: dict, caption: str, k, composer: str):
         """A deep link's search: run only when the link carried a caption."""
-        if not (caption or "").strip():
+        if not (caption or "").strip() or not state.get("autosearch", True):
             return tuple(gr.update() for _ in range(7))
         return self.search(state, caption, k, composer)
 
@@ -227,7 +238,13 @@ def write_results(gallery: str, reference: Optional[str], caption: str, result: 
     fd, path = tempfile.mkstemp(prefix=f"results-{gallery}-", suffix=".json", dir=RESULTS_DIR)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(payload, f, ensure_ascii=False, indent=1)
-    files = sorted(RESULTS_DIR.glob("results-*.json"), key=lambda p: p.stat().st_mtime)
-    for old in files[:-KEEP_RESULT_FILES]:
-        old.unlink(missing_ok=True)
+    with _RESULTS_LOCK:  # one pruner at a time; the newest files (just handed out) are never pruned
+        files = []
+        for file in RESULTS_DIR.glob("results-*.json"):
+            try:
+                files.append((file.stat().st_mtime_ns, file))
+            except FileNotFoundError:
+                continue
+        for _, old in sorted(files)[:-KEEP_RESULT_FILES]:
+            old.unlink(missing_ok=True)
     return path

@@ -7,7 +7,7 @@ from pathlib import Path
 import gradio as gr
 
 from cir_demo.serve.catalog import Catalog
-from cir_demo.serve.engine import MAX_K
+from cir_demo.serve.engine import MAX_K, QueryError
 from cir_demo.ui import api, session as S
 from cir_demo.ui.browse import OUTCOMES, SORTS, browse
 from cir_demo.ui.handlers import EXAMPLES, Handlers, user_facing
@@ -26,7 +26,8 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
     galleries = catalog.galleries()
     first = galleries[0].name
     composers = list(catalog.engine_for(first).composers)
-    with gr.Blocks(title=catalog.title, delete_cache=(600, 600)) as demo:
+    # Gradio's cache (results JSON, QR PNG copies) is swept hourly of files older than a day.
+    with gr.Blocks(title=catalog.title, delete_cache=(3600, 86400)) as demo:
         state = gr.State(S.new_state(first))
         page_names, hit_names = gr.State([]), gr.State([])
         gr.Markdown(f"## {catalog.title}\nShow a reference image, say how the wanted image differs, "
@@ -103,15 +104,18 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
         page_out = [picker, page_names, page_md]
         search_out = [results, hit_names, status, frame, group, download, link]
         search_in = [state, caption, k_slider, composer_dd]
-        url_js = "(q) => { if (q) { history.replaceState(null, '', '?' + q); } return []; }"
+        # The address bar follows the query, and the link box gets the full URL (empty for uploads).
+        url_js = ("(q) => { if (!q) { return q; } history.replaceState(null, '', '?' + q); "
+                  "return location.origin + location.pathname + '?' + q; }")
 
-        def run_search(event):
-            return (event.then(h.search, search_in, search_out, api_name="ui_search", **PRIVATE)
-                    .then(None, [link], None, js=url_js))
+        def run_search(event):  # .success: a failed step (bad row, bad link) does not search the old state
+            return (event.success(h.search, search_in, search_out, api_name="ui_search", **PRIVATE)
+                    .success(None, [link], [link], js=url_js))
 
-        gallery_dd.input(h.switch_gallery, [gallery_dd],
-                         [*ref_out, *page_out, examples, upload_note, results, hit_names, status, frame, group,
-                          browse_md, table], api_name="ui_gallery", **PRIVATE)
+        (gallery_dd.input(h.switch_gallery, [gallery_dd, composer_dd],
+                          [*ref_out, *page_out, examples, upload_note, results, hit_names, status, frame, group,
+                           download, link, browse_md, table, composer_dd], api_name="ui_gallery", **PRIVATE)
+         .success(None, [link], [link], js=url_js))
         picker.select(h.pick, [state, page_names], ref_out, api_name="ui_pick", **PRIVATE)
         prev_btn.click(lambda s: h.turn_page(s, -1), [state], [state, *page_out], api_name="ui_prev", **PRIVATE)
         next_btn.click(lambda s: h.turn_page(s, 1), [state], [state, *page_out], api_name="ui_next", **PRIVATE)
@@ -126,51 +130,61 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
         compare_btn.click(h.compare, [state, caption, k_slider], compare_out, api_name="ui_compare", **PRIVATE)
 
         browse_in = [gallery_dd, composer_dd, outcome, hit_at, words, sort]
+        browsed = gr.State(None)  # the gallery the table was ranked for (the dropdown may have moved on)
 
         @user_facing
         def do_browse(gallery, composer, outcome_v, hit_v, words_v, sort_v):
             md, headers, body = browse(catalog, gallery, composer, outcome=outcome_v, hit_at=int(hit_v or 10),
                                        words=words_v, sort=sort_v)
-            return md, gr.update(value=body, headers=headers)
+            return md, gr.update(value=body, headers=headers), gallery
 
         for trigger in (browse_btn.click, outcome.change, sort.change, words.submit, hit_at.submit):
-            trigger(do_browse, browse_in, [browse_md, table], api_name=False, **PRIVATE)
+            trigger(do_browse, browse_in, [browse_md, table, browsed], api_name=False, **PRIVATE)
 
         @user_facing
         def load_triplet(gallery, evt: gr.SelectData):
-            row = evt.row_value
+            row = evt.row_value or []
+            if not gallery or not row or not str(row[0]).strip().isdecimal():
+                raise QueryError("select a row of the ranked triplets")
             triplet = catalog.triplet(gallery, int(row[0]))
             st = S.restart({}, gallery, {"name": triplet.reference})
-            return (*h.reference_view(st), triplet_caption(catalog, gallery, triplet), gr.Tabs(selected="search"))
+            return (gallery, *h.reference_view(st), triplet_caption(catalog, gallery, triplet),
+                    gr.Tabs(selected="search"))
 
-        run_search(table.select(load_triplet, [gallery_dd], [*ref_out, caption, tabs], api_name="ui_triplet",
-                                **PRIVATE))
+        run_search(table.select(load_triplet, [browsed], [gallery_dd, *ref_out, caption, tabs],
+                                api_name="ui_triplet", **PRIVATE))
 
         @user_facing
         def on_load(request: gr.Request):
             params = parse_link(dict(request.query_params)) if request else {}
-            gallery = params.get("gallery", first)
-            info = catalog.info(gallery)  # an unknown gallery in a link is refused with a message
-            ref = params.get("ref")
+            gallery = params.get("gallery", first).strip()
+            if gallery not in {g.name for g in galleries}:
+                gr.Warning(f"This link names an unknown gallery {gallery!r}; showing {first!r} instead.")
+                gallery, params = first, {}
+            info = catalog.info(gallery)
+            ref, autosearch = params.get("ref"), True
+            if ref is not None and not catalog.has_image(gallery, ref):
+                gr.Warning(f"This link's reference image {ref!r} is not in {gallery!r}: pick one, then search.")
+                autosearch = False  # never quietly run another query than the link describes
             if ref is None or not catalog.has_image(gallery, ref):
                 ref = catalog.random_reference(gallery)
-            st = S.restart({}, gallery, {"name": ref})
+            st = {**S.restart({}, gallery, {"name": ref}), "autosearch": autosearch}
             base = str(request.request.base_url) if request and getattr(request, "request", None) else None
             url = public_url(public or catalog.public_url, base)
             png = str(qr_png(url)) if url else None
             share = f"Open **{url}** on a phone, or scan the code." if url else "No public URL known."
-            k = int(params["k"]) if params.get("k", "").isdigit() else 50
+            k = int(params["k"]) if params.get("k", "").isdecimal() and params["k"].isascii() else 50
             composer = params.get("composer", "combiner")
             examples_v = gr.update(choices=EXAMPLES.get(info.dataset or "", []), value=None)
             return (gr.update(value=gallery), *h.reference_view(st), *h.page_view(st), params.get("q", ""),
-                    min(max(k, 1), UI_MAX_K), composer if composer in composers else "combiner",
+                    min(max(k, 1), UI_MAX_K), h.composer_update(gallery, composer),
                     examples_v, h.upload_note(gallery), share, png, png)
 
         load_out = [gallery_dd, *ref_out, *page_out, caption, k_slider, composer_dd, examples, upload_note,
                     share_md, qr, qr_download]
         loaded = demo.load(on_load, None, load_out, api_name=False, **PRIVATE)
-        (loaded.then(h.search_if_caption, search_in, search_out, api_name=False, **PRIVATE)
-         .then(None, [link], None, js=url_js))
+        (loaded.success(h.search_if_caption, search_in, search_out, api_name=False, **PRIVATE)
+         .success(None, [link], [link], js=url_js))
     return demo
 
 

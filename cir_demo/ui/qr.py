@@ -9,6 +9,8 @@ from pathlib import Path
 import qrcode
 from qrcode.constants import ERROR_CORRECT_M
 
+from cir_demo.config.files import atomic_write
+
 
 def qr_image(url: str, *, box_size: int = 12, border: int = 4):
     """A black-on-white PIL image encoding ``url`` (medium error correction survives print wear)."""
@@ -23,6 +25,6 @@ def qr_png(url: str, folder: str | Path | None = None) -> Path:
     folder = Path(folder or Path(tempfile.gettempdir()) / "cir_demo_qr")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"qr-{hashlib.sha1(url.encode()).hexdigest()[:12]}.png"
-    if not path.is_file():
-        qr_image(url).save(path, "PNG")
+    if not path.is_file():  # written aside, then renamed: concurrent first visits never see half a file
+        atomic_write(path, lambda tmp: qr_image(url).save(tmp, "PNG"))
     return path
