@@ -1,4 +1,4 @@
-"""evaluate.py wiring: CIRR test1 submission files from a generated world."""
+"""The evaluation wiring: CIRR test1 submission files from a generated world."""
 
 import json
 
