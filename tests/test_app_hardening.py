@@ -1,6 +1,6 @@
 """Strangers' input through the launched app: every bad input gets a clear message, the server keeps
 serving, no stack trace reaches the user, uploads are not kept, only gallery files are served;
-and a short load run (the full one is ``python -m cir_demo.bench.load``)."""
+and a short load run (the full one is ``python -m cir_demo.ui.bench_load``)."""
 
 import io
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cir_demo.bench.load import make_cases, run_load
+from cir_demo.ui.bench_load import make_cases, run_load
 
 GENERIC = "something went wrong on our side"
 
@@ -171,13 +171,17 @@ def test_paths_out_of_the_galleries_are_not_served(app, tmp_path, http_status):
 
 
 def test_binds_to_loopback_and_never_shares():
-    import inspect
+    """No call in the app's launch path passes a ``share`` keyword; the default host is loopback."""
+    import ast
 
+    from cir_demo.config import PROJECT_DIR
     from cir_demo.ui import serve
 
     assert serve.DEFAULT_HOST == "127.0.0.1"
-    source = "\n".join(inspect.getsource(m) for m in (serve,))
-    assert "share=True" not in source and "share=True" not in Path("app.py").read_text()
+    for path in (PROJECT_DIR / "app.py", Path(serve.__file__)):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        keywords = [kw.arg for node in ast.walk(tree) if isinstance(node, ast.Call) for kw in node.keywords]
+        assert "share" not in keywords, path
 
 
 def test_short_load_run_has_no_errors(app):

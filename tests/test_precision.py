@@ -11,6 +11,7 @@ from torch import nn
 from cir_demo.model import Combiner
 from cir_demo.model.composers import make_composer
 from cir_demo.serve import precision as P
+from cir_demo.serve import quantize as Q
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +59,12 @@ def test_combiner_variants_close_to_fp32(combiner, name):
         got = variant.combine_features(image.to(dtype), text.to(dtype)).float()
     assert F.cosine_similarity(got, expected).min() > 0.99
     assert next(combiner.parameters()).dtype == torch.float32  # the original is untouched
-    assert not isinstance(combiner.combiner_layer, P.DynamicInt8Linear)
+    assert not isinstance(combiner.combiner_layer, Q.DynamicInt8Linear)
 
 
 def test_int8_combiner_serves_through_the_composer(combiner):
     variant = P.build_combiner_variant(combiner, "int8", "cpu")
-    assert isinstance(variant.combiner_layer, P.DynamicInt8Linear)
+    assert isinstance(variant.combiner_layer, Q.DynamicInt8Linear)
     assert P.combiner_input_dtype(variant) == torch.float32  # the tiny lambda head stays float
     composition = make_composer("combiner", variant).compose(torch.randn(2, 48), torch.randn(2, 48))
     assert composition.features.shape == (2, 48) and composition.lam.shape == (2, 1)
@@ -76,9 +77,9 @@ def test_quantized_linears_match_float():
     x = torch.randn(3, 5, 64)  # leading dims pass through, as the text tower's (B, L, W)
     with torch.no_grad():
         expected = linear(x)
-        layers = [P.DynamicInt8Linear(linear), P.DynamicFp16Linear(linear)]
-        if P.full_range_int8_exact():  # 8-bit activations saturate on AVX2 kernels (int16 pair sums)
-            layers.append(P.DynamicInt8Linear(linear, reduce_range=False))
+        layers = [Q.DynamicInt8Linear(linear), Q.DynamicFp16Linear(linear)]
+        if Q.full_range_int8_exact():  # 8-bit activations saturate on AVX2 kernels (int16 pair sums)
+            layers.append(Q.DynamicInt8Linear(linear, reduce_range=False))
         for layer in layers:
             out = layer(x)
             assert out.shape == expected.shape and out.dtype == torch.float32
@@ -86,15 +87,15 @@ def test_quantized_linears_match_float():
 
 
 def test_int8_uses_full_range_activations_only_where_exact():
-    layer = P.quantize_linears(nn.Sequential(nn.Linear(16, 16)))[0]
-    assert isinstance(layer, P.DynamicInt8Linear) and layer.reduce_range == (not P.full_range_int8_exact())
+    layer = Q.quantize_linears(nn.Sequential(nn.Linear(16, 16)))[0]
+    assert isinstance(layer, Q.DynamicInt8Linear) and layer.reduce_range == (not Q.full_range_int8_exact())
 
 
 @pytest.mark.parametrize("batch_first", [True, False])
 def test_split_attention_equals_multihead_attention(batch_first):
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(32, 4, batch_first=batch_first).eval()
-    split = P.SplitSelfAttention(mha).eval()
+    split = Q.SplitSelfAttention(mha).eval()
     x = torch.randn(2, 7, 32) if batch_first else torch.randn(7, 2, 32)
     causal = torch.full((7, 7), float("-inf")).triu(1)
     with torch.no_grad():
@@ -105,9 +106,9 @@ def test_split_attention_equals_multihead_attention(batch_first):
 
 def test_quantize_linears_reaches_attention_when_split():
     block = nn.Sequential(nn.MultiheadAttention(16, 2, batch_first=True))
-    P.quantize_linears(block, split_attention=True)
-    assert isinstance(block[0], P.SplitSelfAttention)
-    assert isinstance(block[0].in_proj, P.DynamicInt8Linear) and isinstance(block[0].out_proj, P.DynamicInt8Linear)
+    Q.quantize_linears(block, split_attention=True)
+    assert isinstance(block[0], Q.SplitSelfAttention)
+    assert isinstance(block[0].in_proj, Q.DynamicInt8Linear) and isinstance(block[0].out_proj, Q.DynamicInt8Linear)
 
 
 def test_chooser_picks_the_fastest_acceptable_candidate():
@@ -211,7 +212,7 @@ def test_auto_probes_the_combiner_on_cpu(combiner):
     choice = P.choose_combiner_precision(combiner, "cpu", "auto", time_call=fake_clock(fake))
     assert choice.probed and choice.name == "int8" and set(choice.timings_ms) == set(fake) - {"fp16w"}
     assert choice.skipped == ["fp16w"]  # int8 passed: its slower sibling is not built
-    assert isinstance(choice.module.combiner_layer, P.DynamicInt8Linear)
+    assert isinstance(choice.module.combiner_layer, Q.DynamicInt8Linear)
     assert all(cos > 0.99 for cos in choice.cosine.values())
     assert set(choice.describe()) >= {"precision", "timings_ms", "cosine", "rejected", "probed"}
 

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cir_demo.model import load_clip
 from cir_demo.serve import precision as P
+from cir_demo.serve import quantize as Q
 from cir_demo.serve import text_tower as T
 from cir_demo.serve.text_tower import TextTower, encode_text_truncated, make_text_tower
 
@@ -53,8 +54,8 @@ def test_reduced_precision_towers_close_to_fp32(clip, tokens, expected, precisio
     assert F.cosine_similarity(tower(tokens), expected).min() > min_cos
     if precision == "int8":  # attention projections too, not only the MLP
         block = tower.transformer.resblocks[0]
-        assert isinstance(block.attn, P.SplitSelfAttention) and isinstance(block.attn.in_proj, P.DynamicInt8Linear)
-        assert isinstance(block.mlp.c_fc, P.DynamicInt8Linear)
+        assert isinstance(block.attn, Q.SplitSelfAttention) and isinstance(block.attn.in_proj, Q.DynamicInt8Linear)
+        assert isinstance(block.mlp.c_fc, Q.DynamicInt8Linear)
         assert isinstance(clip.model.transformer.resblocks[0].attn, torch.nn.MultiheadAttention)
 
 

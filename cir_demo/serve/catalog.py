@@ -211,7 +211,7 @@ class Catalog:
     # ---- the validation browser -----------------------------------------------------------
     def rank_split(self, gallery: str, composer: str = "combiner") -> SplitRanks:
         """Every known triplet with its target's rank (one batch, the ``eval`` code path), cached."""
-        from cir_demo.eval.protocol import rank_query_set, query_set_from_features
+        from cir_demo.eval.protocol import query_set_from_features, rank_query_set
 
         record = self._record(gallery)
         if not record.triplets:

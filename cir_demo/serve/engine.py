@@ -30,10 +30,10 @@ from cir_demo.index import kernels as K
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner, check_compatible
 from cir_demo.model.composers import COMPOSER_NAMES, Composer, make_composer
-from cir_demo.serve.cache import LRUCache
-from cir_demo.serve.results import Hit, SearchResult
 from cir_demo.pipeline.encode import encode_pil_images
+from cir_demo.serve.cache import LRUCache
 from cir_demo.serve.precision import PROBE_CAPTIONS, choose_combiner_precision, resolve_precision
+from cir_demo.serve.results import Hit, SearchResult
 from cir_demo.serve.text_tower import make_text_tower
 
 log = logging.getLogger(__name__)

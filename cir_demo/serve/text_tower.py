@@ -37,10 +37,10 @@ from cir_demo.serve.precision import (
     choose_precision,
     fixed_choice,
     precision_memo,
-    quantize_linears,
     resolve_precision,
     synthetic_tokens,
 )
+from cir_demo.serve.quantize import quantize_linears
 
 log = logging.getLogger(__name__)
 

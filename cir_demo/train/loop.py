@@ -21,8 +21,16 @@ import torch
 import torch.distributed as dist
 
 from cir_demo.train.distributed import barrier, distributed, global_loss_value, stream_seed
-from cir_demo.train.resume import (BEST_FILE, CONFIG_FILE, LOG_FILE, STATE_FILE, check_run_folder,
-                                   clear_run_folder, restore_state, save_state)
+from cir_demo.train.resume import (
+    BEST_FILE,
+    CONFIG_FILE,
+    LOG_FILE,
+    STATE_FILE,
+    check_run_folder,
+    clear_run_folder,
+    restore_state,
+    save_state,
+)
 
 log = logging.getLogger(__name__)
 

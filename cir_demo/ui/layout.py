@@ -8,7 +8,8 @@ import gradio as gr
 
 from cir_demo.serve.catalog import Catalog
 from cir_demo.serve.engine import MAX_K, QueryError
-from cir_demo.ui import api, session as S
+from cir_demo.ui import api
+from cir_demo.ui import session as S
 from cir_demo.ui.browse import OUTCOMES, SORTS, browse
 from cir_demo.ui.handlers import EXAMPLES, Handlers, user_facing
 from cir_demo.ui.links import parse_link, public_url

@@ -1,6 +1,6 @@
 """Load: N concurrent ``gradio_client`` users searching a launched app, on loopback only.
 
-    python -m cir_demo.bench.load [--users 32] [--queries 20] [--url http://127.0.0.1:7860/]
+    python -m cir_demo.ui.bench_load [--users 32] [--queries 20] [--url http://127.0.0.1:7860/]
 
 Without ``--url`` the built-in app is launched in this process on a free loopback port. Every
 user is a thread with its own client (its own session) sending gallery-reference searches at
@@ -98,7 +98,7 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cir_demo.bench.load", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cir_demo.ui.bench_load", description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=32)
     parser.add_argument("--queries", type=int, default=20, help="searches per user")
     parser.add_argument("--max-seconds", type=float, default=300.0)
@@ -106,16 +106,13 @@ def main(argv: Optional[list] = None) -> int:
                         help="mean seconds a user pauses after each answer (default 0: back to back)")
     parser.add_argument("--url", default=None, help="a running app on this machine (default: launch one)")
     args = parser.parse_args(argv)
+    from cir_demo.ui.bench_app import free_port
     from cir_demo.ui.serve import build_app, launch
 
     demo, catalog = build_app(None, progress=False)
     url = args.url
     if url is None:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
         url = f"http://127.0.0.1:{port}/"
     result = run_load(url, make_cases(catalog, 500), users=args.users, queries=args.queries,

@@ -1,6 +1,6 @@
 """The app's own speed: start-up to a served page, and query latency server-side and round trip.
 
-    python -m cir_demo.bench.app [--queries 200] [--starts]
+    python -m cir_demo.ui.bench_app [--queries 200] [--starts]
 
 Prints JSON lines (with the CPU model). ``--starts`` times ``python app.py`` from a fresh process
 to the first served page, twice: with an empty cache (cold: the world's val images and the indexes
@@ -106,7 +106,7 @@ def bench_queries(queries: int, seed: int = 0) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cir_demo.bench.app", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cir_demo.ui.bench_app", description=__doc__.splitlines()[0])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--starts", action="store_true", help="also time cold and warm starts of app.py")
     args = parser.parse_args(argv)
