@@ -346,6 +346,7 @@ def test_unknown_category_split_and_missing_category_are_dataset_errors(tmp_path
 KILL_CHILD = textwrap.dedent("""
     import os, shutil, sys
     import torch
+    from cir_demo.config import files
     from cir_demo.index import store
 
     out, kill_at, exchange = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
@@ -361,8 +362,8 @@ KILL_CHILD = textwrap.dedent("""
         return wrapped
 
     os.replace, os.rename, shutil.rmtree = step(os.replace), step(os.rename), step(shutil.rmtree)
-    if hasattr(store, "_exchange"):
-        store._exchange = step(store._exchange) if exchange else (lambda a, b: False)
+    if hasattr(files, "exchange"):
+        files.exchange = step(files.exchange) if exchange else (lambda a, b: False)
     store.save_index(out, torch.ones(6, 4), [f"new{i}" for i in range(6)], {"model_fingerprint": "fp"})
     print("completed after", steps[0], "steps")
 """)

@@ -25,20 +25,18 @@ index) or ``IndexMismatchError``, all ``ValueError`` s; a missing folder ``FileN
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
 import logging
 import os
 import shutil
-import sys
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+
+from cir_demo.config.files import fsync_dir, litter, remove_litter, sibling, swap_into_place, umask
 
 logger = logging.getLogger(__name__)
 
@@ -161,70 +159,16 @@ def save_index(path: str | os.PathLike, features: Any, names: Sequence[str],
         raise FileExistsError(f"{path} exists and is not a gallery index; refusing to overwrite it")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_litter(path)
-    tmp = _sibling(path, "tmp")
+    tmp = sibling(path, "tmp")
     os.mkdir(tmp)  # 0777 less the umask, like any folder the user makes (mkdtemp would make 0700)
     try:
         _write_files(tmp, feats, names, meta)
-        _swap_into_place(tmp, path)
+        swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("saved gallery index %s (%d x %d)", path, feats.shape[0], feats.shape[1])
     return given
-
-
-def _sibling(path: Path, kind: str) -> Path:
-    """A fresh hidden name beside ``path``: ``.<name>.<kind>-<pid>-<random>`` (the pid lets a
-    later save tell a killed run's litter from a save still running)."""
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def _litter(path: Path) -> list[Path]:
-    """Leftovers of earlier saves of ``path`` whose process is gone (or of unknown origin)."""
-    found = []
-    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")
-    try:
-        entries = list(path.parent.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        rest = next((entry.name[len(p):] for p in prefixes if entry.name.startswith(p)), None)
-        if rest is None:
-            continue
-        pid = rest.split("-", 1)[0]
-        if pid.isdigit() and "-" in rest and _process_alive(int(pid)):
-            continue  # a save in progress (this process's or another's): not litter
-        found.append(entry)
-    return found
-
-
-def _process_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # gone, or a number no process can have
-        return False
-    except OSError:
-        return True  # exists but belongs to someone else (or cannot be told): leave it alone
-    return True
-
-
-def remove_litter(path: str | os.PathLike) -> list[Path]:
-    """Delete ``.<name>.tmp-*`` / ``.<name>.old-*`` beside ``path`` left by killed saves; returns them."""
-    removed = []
-    for entry in _litter(Path(path)):
-        try:
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-            removed.append(entry)
-        except OSError as err:
-            logger.warning("could not remove %s left by an interrupted save: %s", entry, err)
-    if removed:
-        logger.info("removed %d leftover(s) of interrupted saves of %s", len(removed), path)
-    return removed
 
 
 def _write_files(folder: Path, feats: torch.Tensor, names: list[str], meta: dict) -> None:
@@ -233,44 +177,17 @@ def _write_files(folder: Path, feats: torch.Tensor, names: list[str], meta: dict
     save_file({"features": feats}, str(folder / FEATURES_FILE), metadata={"format": FORMAT})
     _write_json(folder / NAMES_FILE, names)
     _write_json(folder / MANIFEST_FILE, meta)
-    mode = 0o666 & ~_umask()  # safetensors writes 0600; every file gets what open() would give
+    mode = 0o666 & ~umask()  # safetensors writes 0600; every file gets what open() would give
     for name in (FEATURES_FILE, NAMES_FILE, MANIFEST_FILE):
         os.chmod(folder / name, mode)
         with open(folder / name, "rb") as f:
             os.fsync(f.fileno())
-    _fsync_dir(folder)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where Linux shows it (os.umask would race)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    fsync_dir(folder)
 
 
 def _write_json(file: Path, obj: Any) -> None:
     with open(file, "w", encoding="utf-8") as f:
         json.dump(obj, f, ensure_ascii=False, indent=1, sort_keys=isinstance(obj, dict))
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _replaceable(path: Path) -> bool:
@@ -285,54 +202,6 @@ def _replaceable(path: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two existing paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
-
-    False where the system or the file system cannot (then nothing was changed).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
-    except (OSError, AttributeError):
-        return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False  # not supported here: fall back to two renames
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Put the complete folder ``tmp`` at ``path``; an existing index there is replaced.
-
-    With an atomic exchange the path always holds a complete index; the old one ends up at the
-    temp name and is deleted. Without, the old index is renamed aside first and restored if the
-    second rename fails.
-    """
-    if not path.exists():
-        os.replace(tmp, path)  # atomic: there was nothing to replace
-    elif _exchange(tmp, path):
-        shutil.rmtree(tmp, ignore_errors=True)  # the previous index, now at the temp name
-    else:
-        old = _sibling(path, "old")
-        os.replace(path, old)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.replace(old, path)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    _fsync_dir(path.parent)
-
-
 def load_index(path: str | os.PathLike, expected_fingerprint: str | None = None, *,
                expected_model_name: str | None = None) -> GalleryIndex:
     """Load and validate an index folder.
@@ -343,7 +212,7 @@ def load_index(path: str | os.PathLike, expected_fingerprint: str | None = None,
     """
     path = Path(path)
     if not path.is_dir():
-        left = sorted(p.name for p in _litter(path) if (p / MANIFEST_FILE).is_file()) if not path.exists() else []
+        left = sorted(p.name for p in litter(path) if (p / MANIFEST_FILE).is_file()) if not path.exists() else []
         hint = f"; an interrupted save left the previous index at {path.parent / left[0]}" if left else ""
         raise FileNotFoundError(f"no gallery index folder at {path}{hint}; build one with: {DEFAULT_REBUILD}")
     meta = _read_json(path / MANIFEST_FILE, None)
