@@ -13,6 +13,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +33,9 @@ log = logging.getLogger(__name__)
 USER_ERRORS = (QueryError, ImageReadError, ValueError)
 RESULTS_DIR = Path(tempfile.gettempdir()) / f"cir_demo_results-{os.getpid()}"  # this process's own
 KEEP_RESULT_FILES = 200
+SEARCH_OUTPUTS = 7  # results, hit names, status, frame, group, download, link (see ``search``)
 _RESULTS_LOCK = threading.Lock()
+_RESULT_FILES: deque = deque()  # oldest first
 EXAMPLES = {"fashioniq": ["is darker", "has long sleeves and is red", "is more fitted with a v-neck",
                           "has a floral pattern"],
             "cirr": ["change the background to pink", "add a small red ball on the left",
@@ -165,7 +168,7 @@ class Handlers:
     def search_if_caption(self, state: dict, caption: str, k, composer: str):
         """A deep link's search: run only when the link carried a caption."""
         if not (caption or "").strip() or not state.get("autosearch", True):
-            return tuple(gr.update() for _ in range(7))
+            return tuple(gr.update() for _ in range(SEARCH_OUTPUTS))
         return self.search(state, caption, k, composer)
 
     def results_view(self, gallery: str, result: SearchResult):
@@ -238,13 +241,8 @@ def write_results(gallery: str, reference: Optional[str], caption: str, result: 
     fd, path = tempfile.mkstemp(prefix=f"results-{gallery}-", suffix=".json", dir=RESULTS_DIR)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(payload, f, ensure_ascii=False, indent=1)
-    with _RESULTS_LOCK:  # one pruner at a time; the newest files (just handed out) are never pruned
-        files = []
-        for file in RESULTS_DIR.glob("results-*.json"):
-            try:
-                files.append((file.stat().st_mtime_ns, file))
-            except FileNotFoundError:
-                continue
-        for _, old in sorted(files)[:-KEEP_RESULT_FILES]:
-            old.unlink(missing_ok=True)
+    with _RESULTS_LOCK:  # the folder is this process's: the files it holds are the ones listed here
+        _RESULT_FILES.append(path)
+        while len(_RESULT_FILES) > KEEP_RESULT_FILES:
+            Path(_RESULT_FILES.popleft()).unlink(missing_ok=True)
     return path

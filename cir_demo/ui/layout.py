@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from cir_demo.data.records import query_captions
 from cir_demo.serve.catalog import Catalog
 from cir_demo.serve.engine import MAX_K, QueryError
 from cir_demo.ui import api
@@ -149,7 +150,7 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
                 raise QueryError("select a row of the ranked triplets")
             triplet = catalog.triplet(gallery, int(row[0]))
             st = S.restart({}, gallery, {"name": triplet.reference})
-            return (gallery, *h.reference_view(st), triplet_caption(catalog, gallery, triplet),
+            return (gallery, *h.reference_view(st), query_captions(triplet, train=False)[0],
                     gr.Tabs(selected="search"))
 
         run_search(table.select(load_triplet, [browsed], [gallery_dd, *ref_out, caption, tabs],
@@ -187,13 +188,6 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
         (loaded.success(h.search_if_caption, search_in, search_out, api_name=False, **PRIVATE)
          .success(None, [link], [link], js=url_js))
     return demo
-
-
-def triplet_caption(catalog: Catalog, gallery: str, triplet) -> str:
-    """The caption the evaluation uses for a triplet (what the browser's table shows)."""
-    from cir_demo.data.records import query_captions
-
-    return query_captions(triplet, train=False)[0]
 
 
 def css() -> str:
