@@ -187,6 +187,23 @@ def _small():
     return feats, [f"name-{i}-é" for i in range(40)]
 
 
+def test_content_changed_in_place_is_refused(tmp_path):
+    """Zeroed blocks inside the features (same size), or renamed rows, fail the content check."""
+    feats, names = _small()
+    path = save_index(tmp_path / "idx", feats, names, MANIFEST)
+    file = path / "features.safetensors"
+    data = bytearray(file.read_bytes())
+    data[-160:-32] = bytes(128)  # the last rows' values, header untouched
+    file.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="content no longer matches"):
+        load_index(path)
+    assert load_index(path, verify=False).count == 40  # the check can be skipped for huge indexes
+    path = save_index(tmp_path / "idx2", feats, names, MANIFEST)
+    (path / "names.json").write_text(json.dumps(names[::-1]), encoding="utf-8")
+    with pytest.raises(IndexFormatError, match="content no longer matches"):
+        load_index(path)
+
+
 def test_save_load_round_trip_bit_exact(tmp_path):
     feats, names = _small()
     path = save_index(tmp_path / "idx", feats, names, MANIFEST)
@@ -194,7 +211,11 @@ def test_save_load_round_trip_bit_exact(tmp_path):
     assert index.features.dtype == torch.float16
     assert torch.equal(index.features.view(torch.int16), feats.view(torch.int16))
     assert index.names == names and index.count == 40 and index.dim == 8
-    assert index.manifest == {**MANIFEST, "format": "cir-index/1", "count": 40, "dim": 8, "created_by": "cir_demo"}
+    import hashlib
+
+    want = hashlib.blake2b(feats.numpy().tobytes() + json.dumps(names, ensure_ascii=False).encode(), digest_size=16)
+    assert index.manifest == {**MANIFEST, "format": "cir-index/1", "count": 40, "dim": 8, "created_by": "cir_demo",
+                              "content_hash": want.hexdigest()}
     gal = Gallery.from_index(index, device="cpu")
     assert gal.manifest["dataset"] == "fashioniq" and torch.equal(gal.feature_of(names[3]), feats[3])
     save_index(path, feats[:10], names[:10], MANIFEST)  # replacing an existing index is allowed

@@ -3,9 +3,12 @@
 What a deployment needs but lacks is made once and cached: the synthetic world (only the splits
 it serves), and each gallery's index, built with its own bundle's CLIP (with a progress bar). A
 cached artifact is reused only while it provably matches: the world's ``synth.json`` must record
-the same seed, size and drawn splits; an index must be built by the bundle's model (identity
-check) from the same image files (names, sizes and modification times hashed into the manifest).
-Anything stale is rebuilt and the reason logged.
+the same seed, size and drawn splits and every file must match the world's own record of names,
+sizes and BLAKE2b digests (``files.json``); an index must be built by the bundle's model
+(identity check) from the same image files (names, sizes and modification times hashed into the
+manifest) and hold the bytes its ``content_hash`` records. Anything in the app's own cache that
+fails is rebuilt (never a crash loop) and the reason logged; an index a user provides outside the
+cache that fails its content check is refused with a message naming it and how to rebuild it.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from cir_demo.config.files import atomic_write_text
 from cir_demo.data.datasets import CIRDataset, open_dataset
 from cir_demo.data.transforms import Preprocess
 from cir_demo.index import GalleryIndex, IndexFormatError, load_index
@@ -47,16 +52,40 @@ def load_deployment(deployment: Deployment | str | os.PathLike | None = None, *,
         engine = catalog.add_bundle(Engine(clip, combiner, device=device, name=spec.name, **engine_kwargs))
         for gallery in spec.galleries:
             dataset = open_dataset(gallery.data, gallery.split, gallery.category)
-            index = ensure_index(engine, dataset, Path(gallery.index), progress=progress, report=say)
+            index_path = Path(gallery.index)
+            owned = _inside(index_path, deployment.cache_dir)
+            index = ensure_index(engine, dataset, index_path, progress=progress, report=say, owned=owned)
             catalog.add_gallery(spec.name, gallery.name, index, dataset=dataset, label=gallery.label)
     say(f"ready: {len(catalog.galleries())} galleries in {len(catalog.bundles)} bundles "
         f"({time.perf_counter() - start:.1f} s)")
     return catalog
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return Path(os.path.realpath(folder)) in Path(os.path.realpath(path)).parents
+    except OSError:
+        return False
+
+
 # ---- the synthetic world ------------------------------------------------------------------------
+WORLD_RECORD = "files.json"
+
+
+def world_files(world_dir: Path) -> dict[str, list]:
+    """{relative path: [size, BLAKE2b]} of every file of the world (about 80 ms for 2,000 images)."""
+    record = {}
+    for path in sorted(world_dir.rglob("*")):
+        if path.is_file() and path.name != WORLD_RECORD:
+            data = path.read_bytes()
+            record[path.relative_to(world_dir).as_posix()] = [len(data), hashlib.blake2b(data, digest_size=16).hexdigest()]
+    return record
+
+
 def world_is_current(world_dir: Path, spec: WorldSpec) -> Optional[str]:
-    """None when ``world_dir`` holds the world ``spec`` asks for; else why not."""
+    """None when ``world_dir`` holds the world ``spec`` asks for, file for file; else why not."""
+    if not world_dir.exists():
+        return "first start"
     for dataset in ("fashioniq", "cirr"):
         stamp = world_dir / dataset / "synth.json"
         try:
@@ -68,6 +97,12 @@ def world_is_current(world_dir: Path, spec: WorldSpec) -> Optional[str]:
         drawn = meta.get("drawn_splits", "all")
         if drawn != "all" and not set(spec.splits) <= set(drawn):
             return f"{stamp} lacks the images of splits {sorted(set(spec.splits) - set(drawn))}"
+    try:
+        recorded = json.loads((world_dir / WORLD_RECORD).read_text("utf-8"))
+    except (OSError, ValueError):
+        return "it has no record of its files"
+    if recorded != world_files(world_dir):
+        return "its files changed since it was drawn (added, removed or altered)"
     return None
 
 
@@ -78,9 +113,11 @@ def ensure_world(world_dir: Path, spec: WorldSpec, *, progress: bool = True, rep
     why = world_is_current(world_dir, spec)
     if why is None:
         return
-    report(f"drawing the built-in world ({', '.join(spec.splits)} images) into {world_dir}: {why}")
+    report(f"drawing the built-in world ({', '.join(spec.splits)} images) into {world_dir} ({why})")
     summary = generate_world(world_dir, seed=spec.seed, size=spec.size, splits=spec.splits,
                              progress=progress, overwrite=True)
+    record = json.dumps(world_files(world_dir), indent=0, sort_keys=True)  # before the record's temp file exists
+    atomic_write_text(world_dir / WORLD_RECORD, record)
     report(f"world ready in {summary['seconds']:.1f} s")
 
 
@@ -155,16 +192,27 @@ def index_is_current(engine: Engine, index: GalleryIndex, dataset: CIRDataset, s
 
 
 def ensure_index(engine: Engine, dataset: CIRDataset, path: Path, *, progress: bool = True,
-                 report: Report = print) -> GalleryIndex:
-    """The index at ``path`` if current, else rebuilt there (atomically) with ``engine``'s CLIP."""
+                 report: Report = print, owned: bool = True) -> GalleryIndex:
+    """The index at ``path`` if current, else rebuilt there (atomically) with ``engine``'s CLIP.
+
+    ``owned``: the folder is the app's own cache, so a broken one is removed and rebuilt; an index
+    a user provides that fails its content check is refused (``IndexFormatError``, naming it).
+    """
     from cir_demo.pipeline.indexing import index_dataset
 
     signature = data_signature(dataset)
     try:
         index = load_index(path)
         why = index_is_current(engine, index, dataset, signature)
-    except (FileNotFoundError, IndexFormatError) as err:
-        why = f"no usable index ({str(err).split(';')[0]})"
+        if why is None and owned and "content_hash" not in index.manifest:
+            why = "it predates content checks"
+    except FileNotFoundError:
+        why = "first start" if not path.exists() and not path.is_symlink() else "no index there"
+    except IndexFormatError as err:
+        if not owned:
+            raise
+        why = f"the cached index is damaged ({str(err).split(';')[0]})"
+        shutil.rmtree(path, ignore_errors=True)  # ours: save_index would refuse a folder it cannot read
     if why is None:
         return index
     what = f"{dataset.dataset}/{dataset.category or ''}{'/' if dataset.category else ''}{dataset.split}"
