@@ -97,7 +97,7 @@ def test_no_copy_of_an_upload_remains_on_disk(client, app, tmp_path):
     Image.fromarray((rng.random((90, 70, 3)) * 255).astype(np.uint8)).save(photo)
     digest = hashlib.sha256(photo.read_bytes()).hexdigest()
     client.predict(handle_file(str(photo)), api_name="/ui_upload")
-    roots = [Path(os.environ["GRADIO_TEMP_DIR"]), Path("/tmp/cir_demo_results")]
+    roots = [Path(os.environ["GRADIO_TEMP_DIR"])]
     leftovers = [p for root in roots if root.exists() for p in all_files(root)
                  if p.name == photo.name or hashlib.sha256(p.read_bytes()).hexdigest() == digest]
     assert leftovers == []
@@ -144,17 +144,3 @@ def test_compare_works_with_an_uploaded_reference(client, tmp_path):
     headers, galleries = out[0::2], out[1::2]
     assert [h.split("**")[1] for h in headers] == ["Combiner", "Sum (stage 1)", "Image only", "Text only"]
     assert all(len(g) == 6 for g in galleries)
-
-
-def test_result_files_survive_concurrent_searches(monkeypatch, tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from cir_demo.serve.results import Hit, SearchResult
-    from cir_demo.ui import handlers
-
-    monkeypatch.setattr(handlers, "RESULTS_DIR", tmp_path / "results")
-    monkeypatch.setattr(handlers, "KEEP_RESULT_FILES", 5)
-    result = SearchResult([Hit(1, "a", 0.5)], "combiner")
-    with ThreadPoolExecutor(6) as pool:
-        paths = list(pool.map(lambda i: handlers.write_results("dress", f"r{i}", "x", result), range(300)))
-    assert len(paths) == 300 and len(list((tmp_path / "results").glob("*.json"))) <= 5 + 6

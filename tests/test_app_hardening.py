@@ -39,7 +39,7 @@ def refused(client, *args, api_name, match):
     return text
 
 
-CAPTIONS = ["x" * 10_000, "🙂🙂 make it 🔴 and 👗", "اجعلها حمراء وأطول", "עם שרוולים ארוכים",
+CAPTIONS = ["x" * 1000, "🙂🙂 make it 🔴 and 👗", "اجعلها حمراء وأطول", "עם שרוולים ארוכים",
             "is darker\x00\x07\x1b[31m with\ttabs\r\nand newlines", "IS DARKER", "  is darker  "]
 
 
@@ -48,6 +48,13 @@ def test_odd_captions_are_answered(client, app, caption):
     ref = app[1].names("dress")[5]
     out = client.predict("dress", ref, caption, 7, api_name="/search")
     assert len(out["hits"]) == 7 and all(np.isfinite(h["score"]) for h in out["hits"])
+
+
+def test_captions_past_the_limit_are_refused_clearly(client, app):
+    text = refused(client, "dress", app[1].names("dress")[0], "x" * 10_000, 5, api_name="/search",
+                   match="please keep it under 1,000")
+    assert len(text) < 300
+    still_serving(client, app)
 
 
 @pytest.mark.parametrize("caption", ["", "   ", "\n\t "])

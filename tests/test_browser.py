@@ -5,6 +5,7 @@ refine from a result, go back, switch gallery, load a triplet from the validatio
 a deep link. Set CIR_DEMO_SCREENSHOTS=DIR to keep screenshots (the README's come from here).
 """
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -13,7 +14,8 @@ from urllib.parse import urlencode
 import pytest
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed")]
 # As the browser probe on these machines: no background traffic, no sandbox (root), no GPU.
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
@@ -97,6 +99,11 @@ def test_query_flow(page, app):
     assert "gallery=dress" in page.evaluate("window.location.search")
     assert no_horizontal_scroll(page)
     shot(page, "search")
+    # the results download is made by the browser from the answer it already has
+    with page.expect_download() as download:
+        tap(page, "#download")
+    saved = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert [h["name"] for h in saved["hits"]] == [h.name for h in want.hits] and saved["reference"] == picked
     # refine: a clicked result becomes the reference; back returns
     page.locator("#results .grid-container .thumbnail-item").nth(4).click()
     page.wait_for_function(f"document.querySelector('#crumbs').innerText.includes('{want.hits[4].name}')")
@@ -110,6 +117,24 @@ def test_query_flow(page, app):
     page.wait_for_function("document.querySelector('#crumbs').innerText.includes('val-')")
     assert result_count(page) == 0  # the other gallery's results are cleared
     assert "scenes" in page.inner_text("#gallery") or page.input_value("#gallery input").startswith("scenes")
+
+
+def test_share_tab_shows_a_qr_code_of_the_page(page, app):
+    import base64
+    import io
+
+    from PIL import Image
+
+    from cir_demo.ui.qr import qr_png
+
+    _, _, base = app
+    open_app(page, base)
+    open_hidden_tab(page, "Share")
+    page.wait_for_selector("#qr img")
+    src = page.get_attribute("#qr img", "src")
+    assert src.startswith("data:image/png;base64,") and base64.b64decode(src.split(",", 1)[1]) == qr_png(base)
+    Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
+    assert page.get_attribute("#qr a[download]", "href") == src
 
 
 def test_validation_browser_loads_a_triplet(page, app):

@@ -154,9 +154,23 @@ def test_bad_queries_are_refused_clearly(engine, kwargs, message):
 
 
 def test_odd_captions_are_answered(engine):
-    for caption in ["x" * 10_000, "🙂🙂 make it 🔴", "اجعلها حمراء", "  trailing  "]:
+    from cir_demo.serve.checks import MAX_CAPTION_CHARS
+
+    for caption in ["x" * MAX_CAPTION_CHARS, "🙂🙂 make it 🔴", "اجعلها حمراء", "  trailing  "]:
         assert len(engine.search("g", reference="img001", caption=caption, k=3).hits) == 3
     assert engine.search("g", reference="img001", caption="", k=3, composer="image").hits
+
+
+def test_captions_past_the_limit_are_refused_with_a_short_message(engine):
+    from cir_demo.serve.checks import MAX_CAPTION_CHARS
+
+    for caption in ["x" * (MAX_CAPTION_CHARS + 1), "y" * 2 ** 20]:
+        with pytest.raises(QueryError, match="please keep it under") as err:
+            engine.search("g", reference="img001", caption=caption, k=3)
+        assert len(str(err.value)) < 100  # never echoed back
+    with pytest.raises(QueryError) as err:
+        engine.search("g", reference="z" * 2 ** 20, caption="x", k=3)
+    assert "unknown gallery image name" in str(err.value) and len(str(err.value)) < 200
 
 
 def test_unknown_gallery(engine):

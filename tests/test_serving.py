@@ -203,3 +203,28 @@ def test_concurrent_searches_with_a_tiny_caption_cache(catalog):
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(one, range(8 * 150)))
+
+
+def test_an_upload_is_decoded_upright_and_bad_bytes_are_refused_without_a_path(catalog):
+    import io
+
+    from PIL import Image
+
+    from cir_demo.pipeline.encode import ImageReadError
+
+    rng = np.random.default_rng(4)
+    photo = Image.fromarray((rng.random((40, 70, 3)) * 255).astype(np.uint8))
+    tagged = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display": the pixels are stored sideways
+    photo.rotate(90, expand=True).save(tagged, "PNG", exif=exif)
+    plain = io.BytesIO()
+    photo.save(plain, "PNG")
+    upright = catalog.encode_upload("dress", plain.getvalue())
+    assert torch.allclose(catalog.encode_upload("dress", tagged.getvalue()), upright, atol=1e-5)
+    engine = catalog.engine_for("dress")
+    assert torch.allclose(upright, engine.image_features(photo).cpu(), atol=1e-6)
+    for data, words in [(b"", "empty"), (b"text, not a picture", "not an image"), (plain.getvalue()[:60], "image")]:
+        with pytest.raises((QueryError, ImageReadError), match=words) as err:
+            catalog.encode_upload("dress", data)
+        assert "/" not in str(err.value)

@@ -45,15 +45,20 @@ def test_deep_links_round_trip_and_public_url(monkeypatch):
     assert public_url("https://poster.example/cir", None) == "https://poster.example/cir/"
 
 
-def test_qr_png_is_a_readable_code_of_the_url(tmp_path):
+def test_qr_png_is_a_readable_code_of_the_url():
+    import base64
+    import io
+
     import qrcode
 
-    from cir_demo.ui.qr import qr_image, qr_png
+    from cir_demo.ui.qr import qr_data_url, qr_image, qr_png
 
     url = "https://example.org/cir?gallery=dress"
-    path = qr_png(url, tmp_path)
-    assert path == qr_png(url, tmp_path) and path != qr_png(url + "x", tmp_path)
-    with Image.open(path) as image:
+    png = qr_png(url)
+    assert png == qr_png(url) and png != qr_png(url + "x") and png.startswith(b"\x89PNG")
+    assert base64.b64decode(qr_data_url(url).split(",", 1)[1]) == png
+    assert qr_png.cache_info().maxsize <= 32  # a client controls the Host header: the memory is bounded
+    with Image.open(io.BytesIO(png)) as image:
         pixels = np.asarray(image.convert("L"))
     assert pixels.shape[0] == pixels.shape[1] and set(np.unique(pixels)) == {0, 255}
     # The modules drawn are the code's own matrix for this URL (12 px per module, 4 modules border).
@@ -64,6 +69,15 @@ def test_qr_png_is_a_readable_code_of_the_url(tmp_path):
     sampled = pixels[48 + 6::12, 48 + 6::12][:matrix.shape[0], :matrix.shape[1]] == 0
     assert (sampled == matrix).all()
     assert qr_image(url).size == pixels.shape[::-1]
+
+
+@pytest.mark.parametrize("base", ["http://evil.example<script>/", "http://" + "a" * 300 + ".com/",
+                                  "javascript:alert(1)", "http://x.org/**bold**", "http://x.org/](http://y)",
+                                  "http://host:99999999/", ""])
+def test_a_host_header_is_never_echoed_unless_it_is_a_plain_address(monkeypatch, base):
+    monkeypatch.delenv("SPACE_HOST", raising=False)
+    assert public_url(None, base) is None
+    assert public_url(None, "http://10.1.2.3:7860/cir/") == "http://10.1.2.3:7860/cir/"
 
 
 def ranks():
@@ -89,23 +103,92 @@ def test_browser_filters_and_orders():
     assert headers == ["#", "rank", "reference", "target", "caption"] and body == [[1, 40, "b", "t1", "is darker red"]]
 
 
-def test_an_upload_is_deleted_even_when_it_is_not_an_image(tmp_path, monkeypatch):
-    from cir_demo.pipeline.encode import ImageReadError
+@pytest.fixture
+def upload_root(tmp_path, monkeypatch):
+    """A stand-in for Gradio's upload folder, with a sentinel file outside it."""
     from cir_demo.ui import uploads
 
-    monkeypatch.setattr(uploads, "upload_folder", lambda: tmp_path.resolve())
-    folder = tmp_path / "abc123"
+    root = tmp_path / "uploads"
+    root.mkdir()
+    monkeypatch.setattr(uploads, "upload_folder", lambda: root.resolve())
+    monkeypatch.setattr(uploads, "_recorded_uploads", lambda: None)  # no running app here
+    outside = tmp_path / "elsewhere" / "precious.txt"
+    outside.parent.mkdir()
+    outside.write_text("not yours")
+    return root, outside
+
+
+def test_an_accepted_upload_is_read_once_and_deleted_with_its_folder(upload_root):
+    from cir_demo.ui import uploads
+
+    root, _ = upload_root
+    folder = root / "abc123"
     folder.mkdir()
-    good, bad = folder / "photo.png", tmp_path / "x" / "notes.png"
-    bad.parent.mkdir()
+    good = folder / "photo.png"
     Image.new("RGBA", (30, 20), (10, 200, 30, 128)).save(good)
-    bad.write_bytes(b"not an image at all")
-    image = uploads.read_upload(good)
-    assert image.mode == "RGB" and image.size == (30, 20)
+    data = good.read_bytes()
+    assert uploads.take_upload(str(good)) == data
     assert not good.exists() and not folder.exists()  # the file and the folder Gradio made for it
-    with pytest.raises(ImageReadError):
-        uploads.read_upload(bad)
-    assert not bad.exists()
+    notes = root / "notes.png"
+    notes.write_bytes(b"not an image at all")
+    assert uploads.take_upload(str(notes)) == b"not an image at all" and not notes.exists()
+
+
+def test_files_outside_the_upload_folder_are_refused_and_untouched(upload_root, tmp_path, monkeypatch):
+    from cir_demo.config import PROJECT_DIR
+    from cir_demo.ui import uploads
+
+    root, outside = upload_root
+    (root / "in").mkdir()
+    link = root / "in" / "link.png"
+    link.symlink_to(outside)  # a symlink inside the folder, pointing out of it
+    linked_dir = root / "dir-link"
+    linked_dir.symlink_to(outside.parent, target_is_directory=True)
+    monkeypatch.chdir(outside.parent)
+    attempts = [str(outside), "precious.txt", f"{root}/../elsewhere/precious.txt", str(link),
+                str(linked_dir / "precious.txt"), str(root), str(root / "missing.png"), str(outside.parent),
+                str(PROJECT_DIR / "assets" / "synthetic_world.png"), "", "a\0b", 42, None, ["x"]]
+    messages = set()
+    for path in attempts:
+        with pytest.raises(uploads.UploadRefused) as err:
+            uploads.take_upload(path)
+        messages.add(str(err.value))
+    assert messages == {uploads.REFUSED}  # one message: nothing says whether a path exists
+    assert outside.read_text() == "not yours" and link.is_symlink() and linked_dir.is_symlink()
+    assert (PROJECT_DIR / "assets" / "synthetic_world.png").is_file()
+
+
+def test_only_files_gradio_recorded_as_uploaded_are_accepted(upload_root, monkeypatch):
+    from cir_demo.ui import uploads
+
+    root, _ = upload_root
+    cached = root / "f00d" / "qr.png"  # something else Gradio keeps in its folder
+    cached.parent.mkdir()
+    cached.write_bytes(b"png")
+    monkeypatch.setattr(uploads, "_recorded_uploads", lambda: {str(root / "other.png")})
+    with pytest.raises(uploads.UploadRefused):
+        uploads.take_upload(str(cached))
+    assert cached.exists()
+    monkeypatch.setattr(uploads, "_recorded_uploads", lambda: {str(cached)})
+    assert uploads.take_upload(str(cached)) == b"png" and not cached.exists()
+
+
+def test_data_urls_are_bounded_before_decoding(upload_root):
+    import base64
+
+    from cir_demo.ui import uploads
+    from cir_demo.ui.limits import MAX_DATA_URL_CHARS
+
+    png = base64.b64encode(b"\x89PNG-bytes").decode()
+    payload = types.SimpleNamespace(path=None, url=f"data:image/png;base64,{png}")
+    assert uploads.payload_bytes(payload) == b"\x89PNG-bytes"
+    for url, match in [("data:image/png;base64," + "A" * MAX_DATA_URL_CHARS, "at most"),
+                       ("data:image/png;base64,@@@@", "not valid base64"), ("data:text/plain,hello", "base64"),
+                       ("http://169.254.169.254/latest", "not as links"), ("file:///etc/hostname", "not as links")]:
+        with pytest.raises(uploads.UploadRefused, match=match):
+            uploads.payload_bytes(types.SimpleNamespace(path=None, url=url))
+    assert uploads.payload_bytes(None) is None
+    assert uploads.payload_bytes(types.SimpleNamespace(path=None, url=None)) is None
 
 
 def test_zerogpu_wraps_model_calls_only_on_a_zerogpu_space(monkeypatch):

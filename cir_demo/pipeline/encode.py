@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from cir_demo.data.transforms import ImageReadError, ImageShapeError, check_size
@@ -39,16 +39,16 @@ class EncodeError(ValueError):
     """The model produced NaN or infinite features (its weights are broken, or fp16 overflowed)."""
 
 
-def open_image(source: Union[str, Path, IO[bytes]]) -> Image.Image:
+def open_image(source: Union[str, Path, IO[bytes]], *, label: Optional[str] = None) -> Image.Image:
     """Open and fully decode an image file (a path or a binary file object).
 
-    Every failure is an ``ImageReadError`` naming the file: not an image, truncated, an unknown
-    format, a decompression bomb (refused from its header, before decoding), or a size that
-    cannot be a photo (``ImageShapeError``, also from the header). Animated images give their
-    first frame. The pixels are decoded once and not copied (an 89 Mpx image costs its ~360 MB
-    once, not twice).
+    Every failure is an ``ImageReadError`` naming the file (or ``label``, e.g. "the uploaded file",
+    where the path is nobody's business): not an image, truncated, an unknown format, a
+    decompression bomb (refused from its header, before decoding), or a size that cannot be a
+    photo (``ImageShapeError``, also from the header). Animated images give their first frame. The
+    pixels are decoded once and not copied (an 89 Mpx image costs its ~360 MB once, not twice).
     """
-    name = source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<image data>")
+    name = label or (source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<image data>"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
@@ -58,6 +58,8 @@ def open_image(source: Union[str, Path, IO[bytes]]) -> Image.Image:
             return _decode(source)
     except ImageReadError as err:
         raise type(err)(f"cannot use image {name}: {err}") from None
+    except UnidentifiedImageError:  # its message carries the file object's repr: say it plainly
+        raise ImageReadError(f"cannot read image {name}: not an image in a format this server reads") from None
     except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, MemoryError, struct.error...
         raise ImageReadError(f"cannot read image {name}: {err or type(err).__name__}") from None
 

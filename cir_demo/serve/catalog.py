@@ -11,6 +11,7 @@ truth filled in, and ranks every known triplet in one batch through the same cod
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
@@ -19,11 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from PIL import Image
+import torch
+from PIL import Image, ImageOps
 
 from cir_demo.data.records import Triplet, query_captions
 from cir_demo.index import GalleryIndex
-from cir_demo.serve.engine import Engine, QueryError
+from cir_demo.pipeline.encode import open_image
+from cir_demo.serve.checks import MAX_NAME_CHARS, QueryError, choice, image_name, whole
+from cir_demo.serve.engine import Engine
 from cir_demo.serve.results import GalleryInfo, Page, SearchResult, SplitRanks, TripletRank
 
 log = logging.getLogger(__name__)
@@ -111,20 +115,20 @@ class Catalog:
     def page(self, gallery: str, page: int = 1, per_page: int = 24) -> Page:
         """Names on 1-based ``page`` (clamped into range) of ``per_page`` (1..MAX_PER_PAGE)."""
         names = self.names(gallery)
-        per_page = _whole(per_page, "images per page", 1, MAX_PER_PAGE)
+        per_page = whole(per_page, "images per page", 1, MAX_PER_PAGE)
         pages = max(1, math.ceil(len(names) / per_page))
-        page = min(max(_whole(page, "page", -10 ** 9, 10 ** 9), 1), pages)
+        page = min(max(whole(page, "page", -10 ** 9, 10 ** 9), 1), pages)
         start = (page - 1) * per_page
         return Page(names[start:start + per_page], page, pages, len(names))
 
     def has_image(self, gallery: str, name: str) -> bool:
-        return isinstance(name, str) and name in self._record(gallery).engine.galleries[gallery].gallery.row_of
+        row_of = self._record(gallery).engine.galleries[gallery].gallery.row_of
+        return isinstance(name, str) and len(name) <= MAX_NAME_CHARS and name in row_of
 
     def image_path(self, gallery: str, name: str) -> Path:
         """The file of gallery image ``name``; only names in the gallery resolve (no paths from outside)."""
         record = self._record(gallery)
-        if not self.has_image(gallery, name):
-            raise QueryError(f"unknown gallery image name {name!r} in gallery {gallery!r}")
+        image_name(name, record.engine.galleries[gallery].gallery.row_of, gallery)
         if record.dataset is not None:
             return Path(record.dataset.image_path(name))
         if record.image_root is None:
@@ -141,6 +145,19 @@ class Catalog:
             elif record.image_root is not None:
                 roots.add(record.image_root.resolve())
         return sorted(roots)
+
+    def encode_upload(self, gallery: str, data: bytes) -> torch.Tensor:
+        """Raw features (1, D) on the CPU of an uploaded photo (its bytes), by ``gallery``'s model.
+
+        The header is checked before any pixel is decoded (bombs, absurd shapes) and EXIF
+        orientation applied; a bad file raises ``ImageReadError`` naming "the uploaded file".
+        """
+        engine = self.engine_for(gallery)
+        if not isinstance(data, (bytes, bytearray)) or not data:
+            raise QueryError("the uploaded file is empty: it holds no image")
+        image = open_image(io.BytesIO(data), label="the uploaded file")
+        ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double a large photo's cost
+        return engine.image_features(image.convert("RGB") if image.mode != "RGB" else image).cpu()
 
     def open_image(self, gallery: str, name: str) -> Image.Image:
         with Image.open(self.image_path(gallery, name)) as image:
@@ -173,7 +190,7 @@ class Catalog:
 
     def triplet(self, gallery: str, index: int) -> Triplet:
         record = self._record(gallery)
-        index = _whole(index, "triplet index", 0, max(0, len(record.triplets) - 1))
+        index = whole(index, "triplet index", 0, max(0, len(record.triplets) - 1))
         if not record.triplets:
             raise QueryError(f"gallery {gallery!r} has no known triplets")
         return record.triplets[index]
@@ -233,17 +250,6 @@ class Catalog:
 
     # ---- helpers --------------------------------------------------------------------------
     def _record(self, gallery: str) -> _GalleryRecord:
-        if not isinstance(gallery, str) or gallery not in self._galleries:
-            raise QueryError(f"unknown gallery {gallery!r}; available: {', '.join(self._galleries) or 'none'}")
-        return self._galleries[gallery]
+        return self._galleries[choice(gallery, self._galleries, "gallery", self._galleries)]
 
 
-def _whole(value, what: str, low: int, high: int) -> int:
-    """``value`` as an int in [low, high]; QueryError with ``what`` in the message otherwise."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value.strip())
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise QueryError(f"{what} must be a whole number from {low} to {high}, got {value!r}")
-    return value

@@ -26,25 +26,18 @@ from PIL import Image
 
 from cir_demo.config.runtime import default_device
 from cir_demo.index import Gallery, GalleryIndex, IndexMismatchError, rebuild_hint
-from cir_demo.index import kernels as K
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner, check_compatible
 from cir_demo.model.composers import COMPOSER_NAMES, Composer, make_composer
 from cir_demo.pipeline.encode import encode_pil_images
+from cir_demo.serve import checks
 from cir_demo.serve.cache import LRUCache
+from cir_demo.serve.checks import MAX_K, QueryError  # noqa: F401 - re-exported for callers
 from cir_demo.serve.precision import PROBE_CAPTIONS, choose_combiner_precision, resolve_precision
 from cir_demo.serve.results import Hit, SearchResult
 from cir_demo.serve.text_tower import make_text_tower
 
 log = logging.getLogger(__name__)
-
-MAX_K = 1000
-MAX_CAPTION_CHARS = 1000  # longer input is cut before tokenising (CLIP sees 77 tokens anyway)
-
-
-class QueryError(ValueError):
-    """A query the engine cannot answer; the message is fit to show a user."""
-
 
 @dataclass
 class GalleryEntry:
@@ -150,10 +143,7 @@ class Engine:
         return entry
 
     def entry(self, name: str) -> GalleryEntry:
-        try:
-            return self.galleries[name]
-        except KeyError:
-            raise QueryError(f"unknown gallery {name!r}; available: {', '.join(self.galleries) or 'none'}") from None
+        return self.galleries[checks.choice(name, self.galleries, "gallery", self.galleries)]
 
     # ---- features -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -171,10 +161,9 @@ class Engine:
 
     @staticmethod
     def rows_of(entry: GalleryEntry, names: Sequence[str]) -> torch.Tensor:
-        try:
-            return entry.gallery.rows_of(names)
-        except KeyError as err:
-            raise QueryError(str(err.args[0])) from None
+        for name in names:
+            checks.image_name(name, entry.gallery.row_of)
+        return entry.gallery.rows_of(names)
 
     def reference_features(self, entry: GalleryEntry, references: Sequence[str]) -> torch.Tensor:
         return entry.gallery.raw_features(self.rows_of(entry, references)).float()  # (B, D) stored, not re-encoded
@@ -268,28 +257,17 @@ class Engine:
 
     # ---- checks ---------------------------------------------------------------------------
     def _composer(self, name: str) -> Composer:
-        if name not in self.composers:
-            hint = " (no Combiner loaded)" if name == "combiner" else ""
-            raise QueryError(f"unknown composer {name!r}{hint}; available: {', '.join(self.composers)}")
-        return self.composers[name]
+        if name == "combiner" and name not in self.composers:
+            raise QueryError(f"unknown composer 'combiner' (no Combiner loaded); available: {', '.join(self.composers)}")
+        return self.composers[checks.choice(name, self.composers, "composer", self.composers)]
 
     @staticmethod
     def _check_k(k, size: int) -> int:
-        if isinstance(k, int) and not isinstance(k, bool) and k > MAX_K:
-            raise QueryError(f"K must be a whole number from 1 to {MAX_K}, got {k!r}")
-        try:
-            return K.check_k(k, size, excluding=False)
-        except ValueError as err:
-            raise QueryError(f"K must be a whole number from 1 to {MAX_K}, got {k!r}") from err
+        return min(checks.top_k(k), size)
 
     @staticmethod
     def _check_caption(caption, composer: Composer) -> str:
-        caption = (caption or "").strip() if isinstance(caption, str) or caption is None else None
-        if caption is None:
-            raise QueryError("the caption must be text")
-        if not caption and composer.needs_text:
-            raise QueryError("please write how the wanted image differs from the reference")
-        return caption[:MAX_CAPTION_CHARS]
+        return checks.caption_text(caption, needed=composer.needs_text)
 
     def _target_rank(self, entry: GalleryEntry, query: torch.Tensor, target: str, excl_row) -> Optional[int]:
         target_row = entry.gallery.row_of.get(target)

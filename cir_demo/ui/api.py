@@ -46,8 +46,7 @@ def register(catalog: Catalog) -> None:
     @user_facing
     def captions(gallery: str, reference: str) -> list:
         """The dataset's captions for a reference image (as the evaluation phrases them)."""
-        if not catalog.has_image(gallery, reference):
-            raise gr.Error(f"unknown gallery image name {reference!r} in gallery {gallery!r}")
+        catalog.image_path(gallery, reference)  # refuses a name the gallery does not hold
         return catalog.suggestions(gallery, reference)
 
     @user_facing

@@ -7,14 +7,8 @@ a message, never a stack trace; anything unexpected is logged and answered with 
 from __future__ import annotations
 
 import functools
-import json
 import logging
-import os
-import tempfile
-import threading
 import time
-from collections import deque
-from pathlib import Path
 from typing import Optional
 
 import gradio as gr
@@ -25,17 +19,12 @@ from cir_demo.serve.engine import QueryError
 from cir_demo.serve.results import SearchResult
 from cir_demo.ui import session as S
 from cir_demo.ui.links import query_string
-from cir_demo.ui.uploads import read_upload
 from cir_demo.ui.zerogpu import gpu
 
 log = logging.getLogger(__name__)
 
 USER_ERRORS = (QueryError, ImageReadError, ValueError)
-RESULTS_DIR = Path(tempfile.gettempdir()) / f"cir_demo_results-{os.getpid()}"  # this process's own
-KEEP_RESULT_FILES = 200
-SEARCH_OUTPUTS = 7  # results, hit names, status, frame, group, download, link (see ``search``)
-_RESULTS_LOCK = threading.Lock()
-_RESULT_FILES: deque = deque()  # oldest first
+SEARCH_OUTPUTS = 7  # results, hit names, status, frame, group, results JSON, link (see ``search``)
 EXAMPLES = {"fashioniq": ["is darker", "has long sleeves and is red", "is more fitted with a v-neck",
                           "has a floral pattern"],
             "cirr": ["change the background to pink", "add a small red ball on the left",
@@ -92,12 +81,11 @@ class Handlers:
         return self.reference_view(S.back(state))
 
     @user_facing
-    def upload(self, path: Optional[str], state: dict):
-        """Encode an uploaded photo; the file is deleted at once, only its features stay (in memory)."""
-        if not path:
+    def upload(self, data: Optional[bytes], state: dict):
+        """Encode an uploaded photo (its bytes: the file is already gone); only its features stay."""
+        if data is None:  # the picture was cleared
             return self.reference_view(state)
-        image = read_upload(path)  # deletes the upload file whatever happens
-        features = self.catalog.engine_for(state["gallery"]).image_features(image).cpu()
+        features = self.catalog.encode_upload(state["gallery"], data)
         return self.reference_view(S.push(state, {"upload": features, "label": "your upload"}))
 
     @user_facing
@@ -161,9 +149,10 @@ class Handlers:
         view = self.results_view(gallery, result)
         ref = S.reference_name(state)  # an upload has no shareable reference: no link then
         link = query_string(gallery, ref, caption, _int(k), composer) if ref else ""
-        download = write_results(gallery, S.reference_name(state), caption, result)
+        payload = {"gallery": gallery, "reference": ref or "(uploaded image)", "caption": caption.strip(),
+                   **result.to_dict()}  # downloaded by the browser itself: no file on the server
         log.debug("search handler %.1f ms", (time.perf_counter() - start) * 1000)
-        return (*view, download, link)
+        return (*view, payload, link)
 
     def search_if_caption(self, state: dict, caption: str, k, composer: str):
         """A deep link's search: run only when the link carried a caption."""
@@ -231,18 +220,3 @@ def status_markdown(result: SearchResult, shown: int, short: bool = False) -> st
         where = "" if result.target_rank <= shown else " (beyond the results shown)"
         parts.append(f"🎯 target `{result.target}` at rank **{result.target_rank}**{where}")
     return " · ".join(parts)
-
-
-def write_results(gallery: str, reference: Optional[str], caption: str, result: SearchResult) -> str:
-    """The query and its results as a JSON file (for the download button); old files are pruned."""
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    payload = {"gallery": gallery, "reference": reference or "(uploaded image)", "caption": caption,
-               **result.to_dict()}
-    fd, path = tempfile.mkstemp(prefix=f"results-{gallery}-", suffix=".json", dir=RESULTS_DIR)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(payload, f, ensure_ascii=False, indent=1)
-    with _RESULTS_LOCK:  # the folder is this process's: the files it holds are the ones listed here
-        _RESULT_FILES.append(path)
-        while len(_RESULT_FILES) > KEEP_RESULT_FILES:
-            Path(_RESULT_FILES.popleft()).unlink(missing_ok=True)
-    return path

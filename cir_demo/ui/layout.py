@@ -8,18 +8,34 @@ import gradio as gr
 
 from cir_demo.data.records import query_captions
 from cir_demo.serve.catalog import Catalog
-from cir_demo.serve.engine import MAX_K, QueryError
+from cir_demo.config.text import shown
+from cir_demo.serve.checks import MAX_CAPTION_CHARS, MAX_K, QueryError
 from cir_demo.ui import api
 from cir_demo.ui import session as S
 from cir_demo.ui.browse import OUTCOMES, SORTS, browse
 from cir_demo.ui.handlers import EXAMPLES, Handlers, user_facing
 from cir_demo.ui.links import parse_link, public_url
-from cir_demo.ui.qr import qr_png
+from cir_demo.ui.qr import qr_data_url
 from cir_demo.ui.uploads import UploadImage
 
 CSS_FILE = Path(__file__).with_name("style.css")
 UI_MAX_K = min(MAX_K, 200)
 PRIVATE = {"api_visibility": "undocumented"}
+# The results JSON is made by the browser from the search's own answer: no file on the server.
+DOWNLOAD_JS = ("(data) => { if (!data) { return; } const blob = new Blob([JSON.stringify(data, null, 1)], "
+               "{type: 'application/json'}); const a = document.createElement('a'); "
+               "a.href = URL.createObjectURL(blob); a.download = 'results-' + (data.gallery || 'query') + '.json'; "
+               "document.body.appendChild(a); a.click(); a.remove(); "
+               "setTimeout(() => URL.revokeObjectURL(a.href), 10000); }")
+
+
+def share_html(url: str | None) -> str:
+    """The QR code of ``url`` inline (a data: URL, made in memory) with a PNG download link."""
+    if not url:
+        return ""
+    src = qr_data_url(url)
+    return (f'<img src="{src}" alt="QR code of this app" style="width:260px;max-width:100%;image-rendering:pixelated">'
+            f'<p><a href="{src}" download="cir-demo-qr.png">⬇ QR code (PNG, for posters)</a></p>')
 
 
 def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
@@ -28,8 +44,8 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
     galleries = catalog.galleries()
     first = galleries[0].name
     composers = list(catalog.engine_for(first).composers)
-    # Gradio's cache (results JSON, QR PNG copies) is swept hourly of files older than a day.
-    with gr.Blocks(title=catalog.title, delete_cache=(3600, 86400)) as demo:
+    # Gradio's folder (uploads a client never used) is swept every 5 minutes of files older than 10.
+    with gr.Blocks(title=catalog.title, delete_cache=(300, 600)) as demo:
         state = gr.State(S.new_state(first))
         page_names, hit_names = gr.State([]), gr.State([])
         gr.Markdown(f"## {catalog.title}\nShow a reference image, say how the wanted image differs, "
@@ -61,7 +77,8 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
                                 next_btn = gr.Button("Next ›", size="sm")
                     with gr.Column(min_width=280):
                         caption = gr.Textbox(label="How should the wanted image differ?", lines=2, max_lines=4,
-                                             placeholder="is darker and has orange lettering", elem_id="caption")
+                                             placeholder="is darker and has orange lettering", elem_id="caption",
+                                             max_length=MAX_CAPTION_CHARS)
                         suggestions = gr.Radio([], label="The dataset's captions for this reference",
                                                visible=False, elem_id="suggestions")
                         examples = gr.Radio(EXAMPLES.get(galleries[0].dataset or "", []), label="Examples")
@@ -73,7 +90,8 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
                 group = gr.Gallery(label="The reference's group, ranked (CIRR subset protocol)", columns=5,
                                    height="auto", allow_preview=False, visible=False, elem_id="group")
                 with gr.Row():
-                    download = gr.DownloadButton("⬇ Results as JSON", size="sm", elem_id="download")
+                    download = gr.Button("⬇ Results as JSON", size="sm", elem_id="download")
+                    results_json = gr.JSON(visible=False)
                     link = gr.Textbox(label="Link to this query", interactive=False, elem_id="link", scale=3,
                                       buttons=["copy"])
             with gr.Tab("Compare", id="compare"):
@@ -97,14 +115,12 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
                 gr.Markdown("Select a row to load that triplet into the Search tab.")
             with gr.Tab("Share", id="share"):
                 share_md = gr.Markdown()
-                qr = gr.Image(label="QR code of this app", type="filepath", height=280, interactive=False,
-                              elem_id="qr")
-                qr_download = gr.DownloadButton("⬇ QR code (PNG, for posters)", size="sm")
+                qr = gr.HTML(elem_id="qr")
         api.register(catalog)
 
         ref_out = [state, ref_img, crumbs, suggestions, back_btn]
         page_out = [picker, page_names, page_md]
-        search_out = [results, hit_names, status, frame, group, download, link]
+        search_out = [results, hit_names, status, frame, group, results_json, link]
         search_in = [state, caption, k_slider, composer_dd]
         # The address bar follows the query, and the link box gets the full URL (empty for uploads).
         url_js = ("(q) => { if (!q) { return q; } history.replaceState(null, '', '?' + q); "
@@ -116,7 +132,7 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
 
         (gallery_dd.input(h.switch_gallery, [gallery_dd, composer_dd],
                           [*ref_out, *page_out, examples, upload_note, results, hit_names, status, frame, group,
-                           download, link, browse_md, table, composer_dd], api_name="ui_gallery", **PRIVATE)
+                           results_json, link, browse_md, table, composer_dd], api_name="ui_gallery", **PRIVATE)
          .success(None, [link], [link], js=url_js))
         picker.select(h.pick, [state, page_names], ref_out, api_name="ui_pick", **PRIVATE)
         prev_btn.click(lambda s: h.turn_page(s, -1), [state], [state, *page_out], api_name="ui_prev", **PRIVATE)
@@ -129,6 +145,7 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
         run_search(search_btn.click(lambda: None, None, None, api_name=False, **PRIVATE))
         run_search(caption.submit(lambda: None, None, None, api_name=False, **PRIVATE))
         results.select(h.result_click, [state, hit_names], ref_out, api_name="ui_refine", **PRIVATE)
+        download.click(None, [results_json], None, js=DOWNLOAD_JS)
         compare_btn.click(h.compare, [state, caption, k_slider], compare_out, api_name="ui_compare", **PRIVATE)
 
         browse_in = [gallery_dd, composer_dd, outcome, hit_at, words, sort]
@@ -161,29 +178,28 @@ def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:
             params = parse_link(dict(request.query_params)) if request else {}
             gallery = params.get("gallery", first).strip()
             if gallery not in {g.name for g in galleries}:
-                gr.Warning(f"This link names an unknown gallery {gallery!r}; showing {first!r} instead.")
+                gr.Warning(f"This link names an unknown gallery {shown(gallery)}; showing {first!r} instead.")
                 gallery, params = first, {}
             info = catalog.info(gallery)
             ref, autosearch = params.get("ref"), True
             if ref is not None and not catalog.has_image(gallery, ref):
-                gr.Warning(f"This link's reference image {ref!r} is not in {gallery!r}: pick one, then search.")
+                gr.Warning(f"This link's reference image {shown(ref)} is not in {gallery!r}: pick one, then search.")
                 autosearch = False  # never quietly run another query than the link describes
             if ref is None or not catalog.has_image(gallery, ref):
                 ref = catalog.random_reference(gallery)
             st = {**S.restart({}, gallery, {"name": ref}), "autosearch": autosearch}
             base = str(request.request.base_url) if request and getattr(request, "request", None) else None
             url = public_url(public or catalog.public_url, base)
-            png = str(qr_png(url)) if url else None
             share = f"Open **{url}** on a phone, or scan the code." if url else "No public URL known."
             k = int(params["k"]) if params.get("k", "").isdecimal() and params["k"].isascii() else 50
             composer = params.get("composer", "combiner")
             examples_v = gr.update(choices=EXAMPLES.get(info.dataset or "", []), value=None)
-            return (gr.update(value=gallery), *h.reference_view(st), *h.page_view(st), params.get("q", ""),
+            return (gr.update(value=gallery), *h.reference_view(st), *h.page_view(st), params.get("q", "")[:MAX_CAPTION_CHARS],
                     min(max(k, 1), UI_MAX_K), h.composer_update(gallery, composer),
-                    examples_v, h.upload_note(gallery), share, png, png)
+                    examples_v, h.upload_note(gallery), share, share_html(url))
 
         load_out = [gallery_dd, *ref_out, *page_out, caption, k_slider, composer_dd, examples, upload_note,
-                    share_md, qr, qr_download]
+                    share_md, qr]
         loaded = demo.load(on_load, None, load_out, api_name=False, **PRIVATE)
         (loaded.success(h.search_if_caption, search_in, search_out, api_name=False, **PRIVATE)
          .success(None, [link], [link], js=url_js))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping, Optional
 from urllib.parse import urlencode
 
@@ -28,11 +29,19 @@ def parse_link(params: Mapping[str, str]) -> dict:
     return {key: str(params[key]) for key in LINK_KEYS if key in params and str(params[key]).strip()}
 
 
+# What a request's own address may look like to be shown and encoded: a client writes the Host
+# header, so anything else (markup, a megabyte, odd characters) is not echoed back.
+_SAFE_BASE = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]{0,200})?")
+
+
 def public_url(configured: Optional[str] = None, request_base: Optional[str] = None) -> Optional[str]:
-    """The URL people should open: ``--public-url`` / config, else the Space's, else the request's."""
+    """The URL people should open: ``--public-url`` / config, else the Space's, else the request's
+    own address when it is a plain host (else None)."""
     if configured:
         return configured.rstrip("/") + "/"
     host = os.environ.get("SPACE_HOST")  # set by Hugging Face Spaces, e.g. "you-cir-demo.hf.space"
     if host:
         return f"https://{host.strip('/')}/"
-    return request_base.rstrip("/") + "/" if request_base else None
+    if request_base and _SAFE_BASE.fullmatch(request_base.rstrip("/") or "-"):
+        return request_base.rstrip("/") + "/"
+    return None

@@ -1,15 +1,14 @@
-"""QR codes of the app's public URL, as PNG files for the page and for posters."""
+"""QR codes of the app's public URL, made in memory: nothing is written to disk, and only a few
+distinct URLs are remembered (a client controls the Host header, so the key must be bounded)."""
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
-from pathlib import Path
+import base64
+import functools
+import io
 
 import qrcode
 from qrcode.constants import ERROR_CORRECT_M
-
-from cir_demo.config.files import atomic_write
 
 
 def qr_image(url: str, *, box_size: int = 12, border: int = 4):
@@ -20,11 +19,13 @@ def qr_image(url: str, *, box_size: int = 12, border: int = 4):
     return code.make_image(fill_color="black", back_color="white").get_image().convert("RGB")
 
 
-def qr_png(url: str, folder: str | Path | None = None) -> Path:
-    """Write the QR code of ``url`` to a PNG named by its hash (same URL, same file) and return it."""
-    folder = Path(folder or Path(tempfile.gettempdir()) / "cir_demo_qr")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"qr-{hashlib.sha1(url.encode()).hexdigest()[:12]}.png"
-    if not path.is_file():  # written aside, then renamed: concurrent first visits never see half a file
-        atomic_write(path, lambda tmp: qr_image(url).save(tmp, "PNG"))
-    return path
+@functools.lru_cache(maxsize=16)
+def qr_png(url: str) -> bytes:
+    """The QR code of ``url`` as PNG bytes (the last 16 URLs are remembered)."""
+    buffer = io.BytesIO()
+    qr_image(url).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def qr_data_url(url: str) -> str:
+    return "data:image/png;base64," + base64.b64encode(qr_png(url)).decode("ascii")

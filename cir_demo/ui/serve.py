@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from typing import Optional, Sequence
 
@@ -28,9 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 
+def own_temp_folder() -> str:
+    """The folder where Gradio keeps uploads and its cache: ``$GRADIO_TEMP_DIR`` when set, else a
+    folder of this process's own, removed at exit (so nothing the app writes outlives it)."""
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        return os.environ["GRADIO_TEMP_DIR"]
+    folder = tempfile.mkdtemp(prefix="cir_demo-")
+    os.environ["GRADIO_TEMP_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def build_app(config: Optional[str] = None, *, public_url: Optional[str] = None, device: Optional[str] = None,
               progress: bool = True):
     """(demo, catalog): load the deployment (preparing what is missing), then build the page."""
+    temp = own_temp_folder()  # before any component exists: each reads the folder when it is made
     import gradio as gr
 
     from cir_demo.serve.prepare import load_deployment
@@ -45,18 +62,30 @@ def build_app(config: Optional[str] = None, *, public_url: Optional[str] = None,
     # Only the gallery folders and our assets are served as files; nothing else is reachable.
     gr.set_static_paths([*catalog.image_roots(), PROJECT_DIR / "assets"])
     demo = build_demo(catalog, public=public_url)
-    print(f"app built in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    print(f"app built in {time.perf_counter() - start:.1f} s (uploads pass through {temp})",
+          file=sys.stderr, flush=True)
     return demo, catalog
 
 
 def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kwargs):
-    """Launch on ``host`` (default 127.0.0.1 unless Gradio's env variables say otherwise)."""
-    from cir_demo.ui.layout import css
+    """Launch on ``host`` (default 127.0.0.1 unless Gradio's env variables say otherwise), with
+    every size a stranger controls bounded (``cir_demo.ui.limits``)."""
+    from starlette.middleware import Middleware
 
+    from cir_demo.ui.layout import css
+    from cir_demo.ui.limits import (MAX_QUEUE, MAX_UPLOAD_BYTES, SESSION_CAPACITY, BodyLimit,
+                                    session_reaper)
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop (Docker, Spaces) runs the exit clean-up
     host = host or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", 0) or 0) or None
-    demo.queue(default_concurrency_limit=4)
-    return demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"], **kwargs)
+    demo.queue(default_concurrency_limit=4, max_size=MAX_QUEUE)
+    app_kwargs = {"middleware": [Middleware(BodyLimit, valid_events=lambda: set(demo.fns))],
+                  "lifespan": session_reaper()}
+    return demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],
+                       max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSION_CAPACITY,
+                       app_kwargs=app_kwargs, **kwargs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,23 +1,45 @@
-"""Uploaded photos: read once, then deleted; the app keeps only their features, in memory.
+"""Files from clients: the one rule by which the app reads (and deletes) what a stranger sends.
 
-Gradio writes every upload into its temp folder before a handler runs. ``read_upload`` decodes the
-file with the library's checks (decompression bombs, broken files) and deletes it, and the folder
-Gradio made for it, whatever happens; ``UploadImage`` hands the handler that path without opening
-the file first (Gradio's own image preprocessing would decode it, unguarded, before we could).
+Anyone can call any event of a public Gradio app, with any payload, by ``fn_index``; a payload
+names a file by its server path. So a path is used only when all of this holds (``accept_upload``):
+
+* it is absolute and names a regular file, not a symlink, a folder or a device;
+* resolved, it lies inside Gradio's upload folder (where Gradio writes what ``/upload`` receives);
+* when the app is running, Gradio recorded it as uploaded (``Blocks.upload_file_set``).
+
+Anything else is refused with one message that names no path and says nothing about whether the
+path exists; nothing is read or touched. An accepted file is read into memory (it is at most
+``max_file_size``, see ``cir_demo.ui.limits``) and deleted at once, with its folder when empty:
+the app keeps only the photo's features. A ``data:`` URL is bounded by its length and decoded
+from base64 in memory; any other URL is refused (the server fetches nothing for a client). The
+image header is checked (pixel count, aspect) before any pixel is decoded, by the library.
+
+``UploadImage`` is ``gr.Image`` whose preprocessing applies this rule and hands the handler the
+upload's bytes: Gradio's own image preprocessing would decode the file, unguarded, first.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
+import stat
 from pathlib import Path
+from typing import Optional
 
 import gradio as gr
-from PIL import Image, ImageOps
+from gradio_client import utils as client_utils
 
-from cir_demo.pipeline.encode import open_image
+from cir_demo.ui.limits import MAX_DATA_URL_CHARS, MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
+
+REFUSED = "This image was not uploaded to this server; please upload it again."
+
+
+class UploadRefused(ValueError):
+    """A client named a file or URL the app does not read; the message names no path."""
 
 
 def upload_folder() -> Path:
@@ -26,15 +48,42 @@ def upload_folder() -> Path:
     return Path(get_upload_folder()).resolve()
 
 
-def discard(path: str | os.PathLike) -> None:
-    """Delete an uploaded file and, when it is inside Gradio's upload folder, its now-empty folder."""
-    path = Path(path)
+def _recorded_uploads() -> Optional[set]:
+    """The files Gradio's ``/upload`` route wrote for the running app (None outside a request)."""
+    from gradio.context import LocalContext
+
+    blocks = LocalContext.blocks.get(None)
+    return getattr(blocks, "upload_file_set", None) if blocks is not None else None
+
+
+def accept_upload(path) -> Path:
+    """``path`` resolved, if it is a file Gradio wrote into its upload folder; else ``UploadRefused``."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path) or "\0" in str(path):
+        raise UploadRefused(REFUSED)
+    given = Path(path)
+    if not given.is_absolute():
+        raise UploadRefused(REFUSED)
+    try:
+        mode = os.lstat(given).st_mode  # lstat: a symlink is refused, wherever it points
+        real = given.resolve(strict=True)  # a symlinked folder on the way is resolved, then judged
+    except (OSError, RuntimeError, ValueError):
+        raise UploadRefused(REFUSED) from None
+    if not stat.S_ISREG(mode) or upload_folder() not in real.parents:
+        raise UploadRefused(REFUSED)
+    recorded = _recorded_uploads()
+    if recorded is not None and str(given) not in recorded and str(real) not in recorded:
+        raise UploadRefused(REFUSED)
+    return real
+
+
+def discard(path: Path) -> None:
+    """Delete an accepted upload and, when it is empty, the folder Gradio made for it."""
     try:
         path.unlink(missing_ok=True)
     except OSError as err:
-        log.warning("could not delete upload %s: %s", path, err)
+        log.warning("could not delete an upload: %s", err.strerror)
         return
-    parent, root = path.parent.resolve(), upload_folder()
+    parent, root = path.parent, upload_folder()
     if parent != root and root in parent.parents:
         try:
             parent.rmdir()  # only if empty: another upload of the same bytes may share it
@@ -42,25 +91,61 @@ def discard(path: str | os.PathLike) -> None:
             pass
 
 
-def read_upload(path: str | os.PathLike) -> Image.Image:
-    """The upload as an upright RGB image (EXIF orientation applied); the file is gone afterwards."""
+def take_upload(path) -> bytes:
+    """The bytes of an accepted upload; the file is deleted before this returns (refused: untouched)."""
+    real = accept_upload(path)
     try:
-        image = open_image(path)
-        image = ImageOps.exif_transpose(image) or image
-        return image.convert("RGB") if image.mode != "RGB" else image
+        if real.stat().st_size > MAX_UPLOAD_BYTES:
+            raise UploadRefused(f"the image is larger than {MAX_UPLOAD_BYTES // 2 ** 20} MB")
+        return real.read_bytes()
+    except OSError:
+        raise UploadRefused(REFUSED) from None
     finally:
-        discard(path)
+        discard(real)
+
+
+def decode_data_url(url: str) -> bytes:
+    """The bytes of a base64 ``data:`` URL of at most ``MAX_DATA_URL_CHARS`` characters."""
+    if len(url) > MAX_DATA_URL_CHARS:
+        raise UploadRefused(f"a pasted image (data: URL) may be at most {MAX_DATA_URL_CHARS // 2 ** 20} MB; "
+                            f"upload larger images as files")
+    head, sep, body = url.partition(",")
+    if not sep or not head.lower().startswith("data:") or not head.lower().endswith(";base64"):
+        raise UploadRefused("a data: URL must carry a base64-encoded image")
+    try:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        raise UploadRefused("the data: URL is not valid base64") from None
+
+
+def payload_bytes(payload) -> Optional[bytes]:
+    """The image bytes a client sent as an ``ImageData`` payload, by the rule above (None: no image)."""
+    if payload is None:
+        return None
+    path, url = getattr(payload, "path", None), getattr(payload, "url", None)
+    if path:
+        return take_upload(path)
+    if isinstance(url, str) and url[:5].lower() == "data:":
+        return decode_data_url(url)
+    if url:
+        raise UploadRefused("images are accepted as uploaded files, not as links")
+    return None
 
 
 class UploadImage(gr.Image):
-    """``gr.Image(type="filepath")`` that passes the uploaded file's path on without decoding it."""
+    """``gr.Image`` that hands its handler the upload's bytes (or None), by the rule above."""
 
     def get_block_name(self) -> str:
         return "image"
 
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.path:
-            return str(payload.path)
-        return super().preprocess(payload)  # a data: URL (pasted image) is written to a file first
+    async def async_move_resource_to_block_cache(self, url_or_file_path):
+        # Gradio would download a URL a client names into its cache before preprocessing.
+        if isinstance(url_or_file_path, str) and client_utils.is_http_url_like(url_or_file_path):
+            raise gr.Error("images are accepted as uploaded files, not as links", print_exception=False)
+        return await super().async_move_resource_to_block_cache(url_or_file_path)
+
+    def preprocess(self, payload) -> Optional[bytes]:
+        try:
+            return payload_bytes(payload)
+        except UploadRefused as err:
+            raise gr.Error(str(err), print_exception=False) from None

@@ -1,0 +1,119 @@
+"""``python app.py`` as its own process, measured from outside: peak memory of a hostile image,
+memory given back after many sessions, and nothing left on disk after it stops."""
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cir_demo.config import PROJECT_DIR
+from conftest import free_port
+from raw_http import FILE_META, fn_index, join
+from test_app_attacks import zero_png
+
+pytestmark = pytest.mark.slow
+
+IDLE_S = 2
+
+
+def memory_kb(pid: int, field: str) -> int:
+    """VmRSS (now) or VmHWM (the peak so far) of a process, in kB."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
+
+
+@pytest.fixture(scope="module")
+def server(app, tmp_path_factory):
+    """A separate app process on the app fixture's (already prepared) cache, with short-lived sessions."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "stderr.txt"
+    env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"}  # it makes its own folder
+    env.update(CIR_DEMO_SESSION_IDLE_S=str(IDLE_S), PYTHONUNBUFFERED="1")
+    with open(log, "w") as err:
+        process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "app.py"), "--port", str(port)],
+                                   cwd=PROJECT_DIR, env=env, stdout=err, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(base + "config", timeout=2).read()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("the app did not start:\n" + log.read_text()[-3000:])
+            time.sleep(0.5)
+    named = re.search(r"uploads pass through (\S+)\)", log.read_text())
+    yield process, base, Path(named.group(1)) if named else None, log
+    if process.poll() is None:
+        process.kill()
+
+
+def search_once(base, session=None):
+    ref_answer = join(base, fn_index(base, "random_reference"), ["dress"], session=session)
+    ref = ref_answer["output"][0]["reference"]
+    return join(base, fn_index(base, "search"), ["dress", ref, "is darker", 5, "combiner"], session=session)
+
+
+def test_a_data_url_bomb_costs_no_memory(server):
+    process, base, _, _ = server
+    assert search_once(base)["success"] is True
+    before = memory_kb(process.pid, "VmHWM")
+    url = "data:image/png;base64," + base64.b64encode(zero_png(10_000, 10_000)).decode()  # 100 Mpx
+    answer = join(base, fn_index(base, "ui_upload"), [{"path": None, "url": url, "meta": FILE_META}, None])
+    assert answer["success"] is not True
+    grown_mb = (memory_kb(process.pid, "VmHWM") - before) / 1024
+    print(f"data URL bomb: peak +{grown_mb:.0f} MB")
+    assert grown_mb < 80, f"peak memory grew by {grown_mb:.0f} MB"  # decoding it would take 300+ MB
+
+
+def test_the_worst_accepted_image_costs_a_bounded_peak(server):
+    """An image just under the pixel limit (89 Mpx), uploaded as a file: used, at a known peak cost."""
+    from raw_http import upload
+
+    process, base, _, _ = server
+    before = memory_kb(process.pid, "VmHWM")
+    status, paths = upload(base, "huge.png", zero_png(9_400, 9_400))  # 88.4 Mpx, 0.3 MB on the wire
+    assert status == 200
+    answer = join(base, fn_index(base, "ui_upload"), [{"path": paths[0], "meta": FILE_META}, None])
+    assert answer["success"] is True, answer["error"]
+    grown_mb = (memory_kb(process.pid, "VmHWM") - before) / 1024
+    print(f"worst accepted image: peak +{grown_mb:.0f} MB")
+    assert grown_mb < 700
+
+
+def test_memory_returns_after_many_sessions(server):
+    process, base, _, _ = server
+    search_once(base)
+    time.sleep(IDLE_S * 2)  # let earlier sessions expire first
+    baseline = memory_kb(process.pid, "VmRSS")
+    ui_search = fn_index(base, "ui_search")
+    caption = "x" * 900_000  # refused by the app, but Gradio keeps a session's inputs
+    for i in range(60):
+        answer = join(base, ui_search, [None, caption, 5, "combiner"], session=f"s{i}")
+        assert answer["success"] is not True
+    grown = memory_kb(process.pid, "VmRSS") - baseline
+    deadline = time.monotonic() + 60
+    while memory_kb(process.pid, "VmRSS") - baseline > 30 * 1024 and time.monotonic() < deadline:
+        time.sleep(1)
+    left = memory_kb(process.pid, "VmRSS") - baseline
+    print(f"sessions: +{grown / 1024:.0f} MB, after expiry +{left / 1024:.0f} MB")
+    assert left < 30 * 1024, f"grew {grown / 1024:.0f} MB, {left / 1024:.0f} MB still held after the sessions expired"
+    assert search_once(base)["success"] is True
+
+
+def test_nothing_is_left_on_disk_after_a_stop(server):
+    process, base, temp, log = server
+    assert temp is not None and temp.is_dir() and temp.name.startswith("cir_demo-")
+    assert search_once(base)["success"] is True
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    assert not temp.exists(), log.read_text()[-2000:]
+    assert not list(Path("/tmp").glob(f"cir_demo_results-{process.pid}"))
