@@ -11,6 +11,8 @@ from PIL import Image
 
 from cir_demo.config import PROJECT_DIR
 
+pytestmark = pytest.mark.slow  # a launched app
+
 
 @pytest.fixture(scope="module")
 def client(app):

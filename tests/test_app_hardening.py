@@ -14,6 +14,8 @@ from PIL import Image
 
 from cir_demo.ui.bench_load import make_cases, run_load
 
+pytestmark = pytest.mark.slow  # a launched app
+
 GENERIC = "something went wrong on our side"
 
 

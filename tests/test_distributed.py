@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # several processes
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("stage1", "stage2", "clip-pretrain")
 BATCH = 8  # global batch of the one-step comparison: 4 rows per process

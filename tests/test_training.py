@@ -149,6 +149,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes
 def test_two_process_gloo_ddp_gives_identical_parameters(world, clip_file, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
