@@ -35,6 +35,15 @@ log = logging.getLogger(__name__)
 MAX_PER_PAGE = 200
 
 
+def _summary(metrics, ranks: list, subset_ranks: Optional[list]) -> dict:
+    """The protocol's figures from served ranks (a missing rank counts as a miss)."""
+    worst = 10 ** 9
+    ranks_t = torch.tensor([worst if r is None else r for r in ranks])
+    if subset_ranks is None:
+        return metrics.fashioniq_summary(ranks_t)
+    return metrics.cirr_summary(ranks_t, torch.tensor([worst if r is None else r for r in subset_ranks]))
+
+
 def normalise_caption(caption: str) -> str:
     """How captions are compared when matching a query to a known triplet."""
     return " ".join(str(caption).split()).strip(".?, ").lower()
@@ -49,6 +58,7 @@ class _GalleryRecord:
     triplets: list[Triplet] = field(default_factory=list)
     by_reference: dict[str, list[int]] = field(default_factory=dict)
     ranks: dict[str, SplitRanks] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # this gallery's batch ranks, made once
 
 
 class Catalog:
@@ -58,7 +68,6 @@ class Catalog:
         self.title, self.public_url = title, public_url
         self.bundles: dict[str, Engine] = {}
         self._galleries: dict[str, _GalleryRecord] = {}
-        self._lock = threading.Lock()  # batch ranks are computed once per (gallery, composer)
 
     # ---- building -------------------------------------------------------------------------
     def add_bundle(self, engine: Engine) -> Engine:
@@ -227,26 +236,51 @@ class Catalog:
 
     # ---- the validation browser -----------------------------------------------------------
     def rank_split(self, gallery: str, composer: str = "combiner") -> SplitRanks:
-        """Every known triplet with its target's rank (one batch, the ``eval`` code path), cached."""
-        from cir_demo.eval.protocol import query_set_from_features, rank_query_set
+        """Every known triplet with its target's rank, cached per (gallery, composer).
 
+        Each query is made exactly as ``search`` makes it (``Engine.rank_known``), so the rank
+        listed for a triplet is the rank a search for it shows. When the bundle serves a reduced
+        precision (``not engine.exact``), eval's own fp32 ranks and figures come along
+        (``reference_rank``, ``reference_summary``): they may differ by a little.
+        """
         record = self._record(gallery)
+        engine = record.engine
+        engine._composer(composer)  # validates the name
         if not record.triplets:
             raise QueryError(f"gallery {gallery!r} has no known triplets to rank")
         if composer in record.ranks:
             return record.ranks[composer]
-        with self._lock:
+        with record.lock:  # one gallery's cold pass does not hold up another's
             if composer not in record.ranks:
-                engine = record.engine
-                comp = engine.reference_composer(composer)
-                qs = query_set_from_features(engine.clip, record.dataset, engine.galleries[gallery].gallery,
-                                             name=gallery)
-                ranks, subset_ranks, summary = rank_query_set(qs, comp)
-                rows = [TripletRank(i, t.reference, query_captions(t, train=False)[0], t.target, int(r),
-                                    None if subset_ranks is None else int(subset_ranks[i]), t.pair_id)
-                        for i, (t, r) in enumerate(zip(qs.triplets, ranks.tolist()))]
-                record.ranks[composer] = SplitRanks(gallery, composer, rows, summary)
+                record.ranks[composer] = self._rank_split(record, gallery, composer)
             return record.ranks[composer]
+
+    def _rank_split(self, record: _GalleryRecord, gallery: str, composer: str) -> SplitRanks:
+        from cir_demo.eval import metrics
+
+        engine, triplets = record.engine, record.triplets
+        captions = [query_captions(t, train=False)[0] for t in triplets]
+        cirr = record.info.dataset == "cirr"
+        ranks, subset_ranks = engine.rank_known(gallery, [t.reference for t in triplets], captions,
+                                                [t.target for t in triplets], composer=composer,
+                                                subsets=[t.group for t in triplets] if cirr else None)
+        summary = _summary(metrics, ranks, subset_ranks)
+        reference, reference_summary = [None] * len(triplets), None
+        if not engine.exact:
+            reference, reference_subset, reference_summary = self._eval_ranks(record, gallery, composer)
+        rows = [TripletRank(i, t.reference, c, t.target, r, None if subset_ranks is None else subset_ranks[i],
+                            t.pair_id, reference_rank=reference[i])
+                for i, (t, c, r) in enumerate(zip(triplets, captions, ranks))]
+        return SplitRanks(gallery, composer, rows, summary, reference_summary=reference_summary)
+
+    def _eval_ranks(self, record: _GalleryRecord, gallery: str, composer: str):
+        """eval's fp32 ranks of the same triplets (its own batched code path)."""
+        from cir_demo.eval.protocol import query_set_from_features, rank_query_set
+
+        engine = record.engine
+        qs = query_set_from_features(engine.clip, record.dataset, engine.galleries[gallery].gallery, name=gallery)
+        ranks, subset_ranks, summary = rank_query_set(qs, engine.reference_composer(composer))
+        return ranks.tolist(), None if subset_ranks is None else subset_ranks.tolist(), summary
 
     # ---- helpers --------------------------------------------------------------------------
     def _record(self, gallery: str) -> _GalleryRecord:

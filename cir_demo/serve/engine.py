@@ -16,15 +16,17 @@ normalised on the device. Knows no UI and no training.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
 from PIL import Image
 
-from cir_demo.config.runtime import default_device
+from cir_demo.config.runtime import cpu_description, default_device
 from cir_demo.index import Gallery, GalleryIndex, IndexMismatchError, rebuild_hint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner, check_compatible
@@ -33,7 +35,9 @@ from cir_demo.pipeline.encode import encode_pil_images
 from cir_demo.serve import checks
 from cir_demo.serve.cache import LRUCache
 from cir_demo.serve.checks import MAX_K, QueryError  # noqa: F401 - re-exported for callers
-from cir_demo.serve.precision import PROBE_CAPTIONS, choose_combiner_precision, resolve_precision
+from cir_demo.serve.plan import LATENCY_BUDGET_MS, fp32_cost_ms, module_fingerprint, read_record, record_key, write_record
+from cir_demo.serve.precision import (PROBE_CAPTIONS, build_combiner_variant, choose_combiner_precision,
+                                     resolve_precision)
 from cir_demo.serve.results import Hit, SearchResult
 from cir_demo.serve.text_tower import make_text_tower
 
@@ -71,22 +75,25 @@ class Engine:
 
     def __init__(self, clip: ClipModel, combiner: Optional[Combiner] = None, *, device: Optional[str] = None,
                  text_precision: str = "auto", compose_precision: str = "auto", cuda_graphs: Optional[bool] = None,
-                 capture: str = "lazy", text_cache_size: int = 4096, name: str = "default"):
+                 capture: str = "lazy", text_cache_size: int = 4096, name: str = "default",
+                 precision_record: Optional[Path] = None, latency_budget_ms: float = LATENCY_BUDGET_MS):
         """``text_precision`` / ``compose_precision``: precision of the caption tower and the Combiner.
-        "auto": fp16 on CUDA; on a CPU the fastest of fp32 / bf16 / (fp16w) / int8 whose outputs stay
-        within cosine 0.999 of fp32, timed at start-up (``cir_demo.serve.precision``), so the choice
-        follows what is fast on this machine, not its CPU flags. Reduced precisions move scores
-        slightly; "fp32" on the CPU gives the scores of ``eval`` on the CPU (on CUDA, ``eval``
-        encodes under fp16 autocast, as the paper's code does). ``cuda_graphs``: replay captured
-        graphs for single captions on CUDA (default on there), captured on first use
-        (``capture="lazy"``: no CUDA work at construction, as ZeroGPU needs). The image tower stays as
-        loaded, so uploads match indexed features. ``name`` labels the bundle in messages."""
+        "auto": fp16 on CUDA; on a CPU fp32, unless fp32 misses ``latency_budget_ms`` per query
+        (caption tower + Combiner), then the fastest precision whose outputs stay within cosine
+        0.999 of fp32 (``cir_demo.serve.plan``). The decision is kept in ``precision_record`` (a JSON
+        file, per machine and model), so later starts serve exactly what the first one chose.
+        In fp32 on a CPU every rank equals the validation browser's and ``eval``'s. ``cuda_graphs``:
+        replay captured graphs for single captions on CUDA (default on there), captured on first
+        use (``capture="lazy"``: no CUDA work at construction, as ZeroGPU needs). The image tower
+        stays as loaded, so uploads match indexed features. ``name`` labels the bundle in messages."""
         check_compatible(clip, combiner)
         self.name = name
         self.device = default_device(device)
         self.clip = clip.to(self.device)
         self.clip.model.eval()
         probe_tokens = [self.clip.tokenize([c]) for c in PROBE_CAPTIONS]
+        text_precision, compose_precision, self.plan = self._plan(
+            text_precision, compose_precision, combiner, probe_tokens, precision_record, latency_budget_ms)
         self.text_tower = make_text_tower(self.clip.model, self.device, text_precision, cuda_graphs,
                                           capture=capture, probe_tokens=probe_tokens)
         self.combiner, self.compose_choice = None, None
@@ -98,17 +105,50 @@ class Engine:
             self.compose_choice = choose_combiner_precision(combiner, self.device, compose_precision,
                                                             text_features=probe_text)
             self.combiner = self.compose_choice.module
-        self._reference_combiner = combiner  # as given (fp32 as loaded): for evaluation-exact batch passes
+        if self.plan is not None and not self.plan["recorded"]:
+            self.plan.update(text=self.text_tower.choice.name,
+                             compose=self.compose_choice.name if self.compose_choice else "fp32")
+            write_record(precision_record, self.plan["key"], {k: v for k, v in self.plan.items() if k != "recorded"})
+        self._reference_combiner = combiner  # as given (fp32 as loaded): eval's own figures, when they differ
         self.composers: dict[str, Composer] = {
             name: make_composer(name, self.combiner) for name in COMPOSER_NAMES
             if name != "combiner" or self.combiner is not None}
         self.galleries: dict[str, GalleryEntry] = {}
         self._text_cache = LRUCache(text_cache_size)  # thread-safe: Gradio serves requests concurrently
 
+    def _plan(self, text: str, compose: str, combiner, probe_tokens, record: Optional[Path], budget: float):
+        """(text precision, compose precision, plan) where "auto" on a CPU becomes fp32 when fp32 is
+        within the budget, or what the record says; plan is None where nothing was automatic."""
+        auto_text = resolve_precision(text, self.device) == "auto"
+        auto_compose = combiner is not None and resolve_precision(compose, self.device) == "auto"
+        if not (auto_text or auto_compose):
+            return text, compose, None
+        key = record_key(json.dumps([self.clip.fingerprint(), module_fingerprint(combiner)]))
+        entry = read_record(record, key)
+        if entry is not None:
+            return (entry["text"] if auto_text else text, entry["compose"] if auto_compose else compose,
+                    {**entry, "key": key, "recorded": True})
+        fp32_tower = make_text_tower(self.clip.model, self.device, "fp32", False)
+        fp32_combiner = build_combiner_variant(combiner, "fp32", self.device) if combiner is not None else None
+        cost = fp32_cost_ms(fp32_tower, probe_tokens, fp32_combiner)
+        within = cost["text"] + cost["compose"] <= budget
+        plan = {"key": key, "recorded": False, "fp32_ms": cost, "budget_ms": budget, "machine": cpu_description(),
+                "reason": "fp32 is within the latency budget" if within else "fp32 misses the latency budget"}
+        if within:
+            text, compose = ("fp32" if auto_text else text), ("fp32" if auto_compose else compose)
+        return text, compose, plan
+
     def precisions(self) -> dict:
-        """What the caption tower and the Combiner run in, and why (the probe's timings and cosines)."""
+        """What the caption tower and the Combiner run in, and why (the plan, the probe's timings)."""
         return {"text": self.text_tower.choice.describe(),
-                "compose": self.compose_choice.describe() if self.compose_choice else None}
+                "compose": self.compose_choice.describe() if self.compose_choice else None,
+                "plan": {k: v for k, v in self.plan.items() if k != "machine"} if self.plan else None}
+
+    @property
+    def exact(self) -> bool:
+        """True when queries are composed in fp32 on a CPU: ranks equal ``eval``'s figures there."""
+        names = [self.text_tower.choice.name] + ([self.compose_choice.name] if self.compose_choice else [])
+        return self.device.type == "cpu" and all(n == "fp32" for n in names)
 
     def clear_caches(self) -> None:
         """Forget cached caption features (e.g. between benchmark runs)."""
@@ -184,10 +224,30 @@ class Engine:
             raise QueryError("this gallery holds only the reference image itself")
         caption = self._check_caption(caption, comp)
         clock = _Clock(self.device)
-        text = self.text_features([caption]) if comp.needs_text else None
-        clock.lap("text")
-        ref_name = reference if isinstance(reference, str) else None
-        ref_row = self.rows_of(entry, [ref_name]) if ref_name is not None else None  # checks the name
+        query, lam, ref_row = self._compose_one(entry, comp, reference, caption, upload_features, clock)
+        excl_row = ref_row if exclude else None
+        scores, rows = entry.gallery.topk(query[None], k, exclude_rows=excl_row)
+        scores, rows = scores[0].tolist(), rows[0].tolist()
+        clock.lap("search")
+        result = SearchResult(
+            hits=[Hit(i + 1, entry.gallery.names[r], s) for i, (r, s) in enumerate(zip(rows, scores))],
+            composer=comp.name, lam=lam, target=target)
+        if target is not None:
+            result.target_rank = self._target_rank(entry, query[None], target, excl_row)[0]
+        if subset:
+            result.subset = self._subset_hits(entry, query, subset, reference if isinstance(reference, str) else None)
+        clock.lap("extras")
+        result.timings_ms = clock.total()
+        return result
+
+    def _compose_one(self, entry: GalleryEntry, comp: Composer, reference, caption: str,
+                     upload_features: Optional[torch.Tensor], clock: Optional["_Clock"] = None):
+        """(query (D,) float32, lambda or None, reference row or None): the one way a query is made,
+        for ``search`` and for ``rank_known`` alike (so both give every triplet the same rank)."""
+        lap = clock.lap if clock is not None else (lambda stage: None)
+        text = self.text_features([caption]) if comp.needs_text else None  # (1, D), single caption: cached
+        lap("text")
+        ref_row = self.rows_of(entry, [reference]) if isinstance(reference, str) else None  # checks the name
         if ref_row is not None:
             image = entry.gallery.raw_features(ref_row).float()  # (1, D) stored, never re-encoded
         elif isinstance(reference, Image.Image) or (reference is None and upload_features is not None):
@@ -196,28 +256,43 @@ class Engine:
             image = upload_features.to(self.device) if comp.needs_image else None
         else:
             raise QueryError("the reference must be a gallery image name or an image")
-        clock.lap("image")
+        lap("image")
         composition = comp.compose(image, text)
-        query = composition.features[0].float()  # (D,)
-        clock.lap("compose")
-        excl_row = ref_row if exclude else None
-        scores, rows = entry.gallery.topk(query[None], k, exclude_rows=excl_row)
-        scores, rows = scores[0].tolist(), rows[0].tolist()
-        clock.lap("search")
-        result = SearchResult(
-            hits=[Hit(i + 1, entry.gallery.names[r], s) for i, (r, s) in enumerate(zip(rows, scores))],
-            composer=comp.name, lam=float(composition.lam[0]) if composition.lam is not None else None,
-            target=target)
-        if target is not None:
-            result.target_rank = self._target_rank(entry, query, target, excl_row)
-        if subset:
-            members = [m for m in subset if m != ref_name]
-            sub_rows, sub_scores = entry.gallery.subset_ranking(query, self.rows_of(entry, members))
-            result.subset = [Hit(i + 1, entry.gallery.names[r], s)
-                             for i, (r, s) in enumerate(zip(sub_rows.tolist(), sub_scores.tolist()))]
-        clock.lap("extras")
-        result.timings_ms = clock.total()
-        return result
+        lap("compose")
+        lam = float(composition.lam[0]) if composition.lam is not None else None
+        return composition.features[0].float(), lam, ref_row
+
+    def _subset_hits(self, entry: GalleryEntry, query: torch.Tensor, subset: Sequence[str],
+                     reference: Optional[str]) -> list[Hit]:
+        """The subset (reference left out, repeats once) ranked by the query's scores."""
+        members = list(dict.fromkeys(m for m in subset if m != reference))
+        rows, scores = entry.gallery.subset_ranking(query, self.rows_of(entry, members))
+        return [Hit(i + 1, entry.gallery.names[r], s) for i, (r, s) in enumerate(zip(rows.tolist(), scores.tolist()))]
+
+    @torch.inference_mode()
+    def rank_known(self, gallery: str, references: Sequence[str], captions: Sequence[str], targets: Sequence[str], *,
+                   composer: str = "combiner", subsets: Optional[Sequence[Sequence[str]]] = None):
+        """(target ranks [Q], subset ranks [Q] or None) of known triplets, each query made exactly as
+        ``search`` makes it (one caption at a time, through the served precision), then ranked by the
+        gallery's one scorer: the rank ``search`` reports for a triplet is the rank listed here."""
+        entry, comp = self.entry(gallery), self._composer(composer)
+        queries, excl = [], []
+        for reference, caption in zip(references, captions):
+            query, _, ref_row = self._compose_one(entry, comp, reference, self._check_caption(caption, comp), None)
+            queries.append(query)
+            excl.append(int(ref_row[0]) if entry.exclude_reference else -1)
+        if not queries:
+            return [], None
+        batch = torch.stack(queries)  # (Q, D)
+        exclude = torch.tensor(excl, dtype=torch.long, device=batch.device)
+        ranks = self._target_rank(entry, batch, targets, exclude)
+        subset_ranks = None
+        if subsets is not None:
+            subset_ranks = []
+            for query, reference, target, subset in zip(queries, references, targets, subsets):
+                names = [h.name for h in self._subset_hits(entry, query, subset, reference)]
+                subset_ranks.append(names.index(target) + 1 if target in names else None)
+        return ranks, subset_ranks
 
     def compare(self, gallery: str, *, reference: Union[str, Image.Image], caption: str, k: int = 50,
                 composers: Optional[Sequence[str]] = None, **kwargs) -> dict[str, SearchResult]:
@@ -269,8 +344,18 @@ class Engine:
     def _check_caption(caption, composer: Composer) -> str:
         return checks.caption_text(caption, needed=composer.needs_text)
 
-    def _target_rank(self, entry: GalleryEntry, query: torch.Tensor, target: str, excl_row) -> Optional[int]:
-        target_row = entry.gallery.row_of.get(target)
-        if target_row is None or (excl_row is not None and int(excl_row[0]) == target_row):
-            return None
-        return int(entry.gallery.rank_of(query[None], entry.gallery.rows_of([target]), exclude_rows=excl_row)[0])
+    def _target_rank(self, entry: GalleryEntry, queries: torch.Tensor, targets, exclude_rows) -> list:
+        """1-based rank of each query's target (None where the target is missing or excluded)."""
+        targets = [targets] if isinstance(targets, str) else list(targets)
+        rows = [entry.gallery.row_of.get(t) for t in targets]
+        excluded = [-1] * len(rows) if exclude_rows is None else [int(r) for r in exclude_rows.reshape(-1).tolist()]
+        valid = [i for i, (row, ex) in enumerate(zip(rows, excluded)) if row is not None and row != ex]
+        out: list = [None] * len(rows)
+        if valid:
+            index = torch.tensor(valid, device=queries.device)
+            excl = None if exclude_rows is None else exclude_rows.reshape(-1)[index]
+            ranks = entry.gallery.rank_of(queries[index], torch.tensor([rows[i] for i in valid], device=queries.device),
+                                          exclude_rows=excl)
+            for i, rank in zip(valid, ranks.tolist()):
+                out[i] = int(rank)
+        return out

@@ -35,6 +35,7 @@ from cir_demo.serve.engine import Engine
 log = logging.getLogger(__name__)
 
 Report = Callable[[str], None]
+PRECISION_RECORD = "precision.json"  # which precision each bundle serves on this machine (cir_demo.serve.plan)
 
 
 def load_deployment(deployment: Deployment | str | os.PathLike | None = None, *, device: Optional[str] = None,
@@ -49,6 +50,7 @@ def load_deployment(deployment: Deployment | str | os.PathLike | None = None, *,
     catalog = Catalog(title=deployment.title, public_url=deployment.public_url)
     for spec in deployment.bundles:
         clip, combiner = load_bundle_models(spec, deployment.cache_dir)
+        engine_kwargs.setdefault("precision_record", deployment.cache_dir / PRECISION_RECORD)
         engine = catalog.add_bundle(Engine(clip, combiner, device=device, name=spec.name, **engine_kwargs))
         for gallery in spec.galleries:
             dataset = open_dataset(gallery.data, gallery.split, gallery.category)

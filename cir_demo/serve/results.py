@@ -67,9 +67,10 @@ class TripletRank:
     reference: str
     caption: str
     target: str
-    rank: int
+    rank: Optional[int]                   # as ``search`` reports it (None: the target cannot be ranked)
     subset_rank: Optional[int] = None
     pair_id: Optional[int] = None
+    reference_rank: Optional[int] = None  # eval's fp32 rank, when the bundle serves a reduced precision
 
 
 @dataclass
@@ -79,3 +80,4 @@ class SplitRanks:
     composer: str
     rows: list[TripletRank]
     summary: dict                # FashionIQ {"R@10", "R@50"}; CIRR {"R@1", ..., "Rs@3", "mean", "avg"}
+    reference_summary: Optional[dict] = None  # eval's fp32 figures, when they may differ from the served ones
