@@ -143,6 +143,39 @@ def test_compare_works_with_an_uploaded_reference(client, tmp_path):
     Image.fromarray((np.random.default_rng(2).random((70, 60, 3)) * 255).astype(np.uint8)).save(photo)
     client.predict(handle_file(str(photo)), api_name="/ui_upload")
     out = client.predict("is darker", 6, api_name="/ui_compare")
-    headers, galleries = out[0::2], out[1::2]
+    headers, galleries = out[:4], out[4:]
     assert [h.split("**")[1] for h in headers] == ["Combiner", "Sum (stage 1)", "Image only", "Text only"]
     assert all(len(g) == 6 for g in galleries)
+
+
+def test_each_handler_answers_only_its_declared_outputs(app):
+    """Values keyed by component: every key a handler returns is an output of its event."""
+    import types
+
+    import gradio as gr
+
+    from cir_demo.ui.handlers import Handlers
+    from cir_demo.ui.layout import build_page
+
+    _, catalog, _ = app
+    with gr.Blocks():
+        page = build_page(catalog)
+        h = Handlers(catalog, page)
+    pick = types.SimpleNamespace(index=1)
+    arrived = h.arrive(None)
+    state = arrived[page.state]
+    names = arrived[page.page_names]
+    searched = h.search(state, "is darker", 10, "combiner")
+    browsed = h.browse("dress", "combiner", "all", 10, "", "worst first", None, None)
+    calls = {"arrive": arrived, "switch_gallery": h.switch_gallery("scenes", "combiner", 10),
+             "pick": h.pick(state, names, pick), "random": h.random(state), "back": h.back(state),
+             "previous_page": h.previous_page(state), "next_page": h.next_page(state), "search": searched,
+             "refine": h.refine(state, searched[page.hit_names], pick), "compare": h.compare(state, "is red", 5),
+             "browse": browsed, "load_triplet": h.load_triplet(browsed[page.browsed], 10, "combiner", pick)}
+    for name, out in calls.items():
+        assert isinstance(out, dict) and out and set(out) <= set(h.outputs(name)), name
+    assert len(searched[page.hit_names]) == 10 and "Top 10" in searched[page.status]
+    with pytest.raises(gr.Error, match="expired"):
+        h.search(None, "is red", 5, "combiner")
+    with pytest.raises(gr.Error, match="pick an image"):
+        h.pick(state, names, types.SimpleNamespace(index=10 ** 6))

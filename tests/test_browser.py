@@ -1,10 +1,11 @@
 """The app in a real browser (Debian chromium + playwright), on a desktop and a 390 x 844 phone viewport.
 
-The whole query flow: load, pick a reference from the gallery, type a caption, see K results,
-refine from a result, go back, switch gallery, load a triplet from the validation browser, open
-a deep link. Set CIR_DEMO_SCREENSHOTS=DIR to keep screenshots (the README's come from here).
+Arrival on a retrieval, the whole query flow (pick, caption, search, download, refine, back, gallery
+switch, upload), one server event per action, the validation browser, deep links, the QR code.
+Set CIR_DEMO_SCREENSHOTS=DIR to keep screenshots (the README's come from here).
 """
 
+import io
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ pytestmark = [pytest.mark.slow,
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync"]
 VIEWPORTS = {"desktop": {"width": 1280, "height": 900}, "phone": {"width": 390, "height": 844}}
+RESULTS = "#results .grid-container .thumbnail-item"
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,8 @@ def page(request, browser):
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.kind = request.param
+    page.joins = []  # every server event the page sends
+    page.on("request", lambda r: page.joins.append(r.url) if "queue/join" in r.url else None)
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     yield page
@@ -45,11 +49,13 @@ def page(request, browser):
     assert errors == []
 
 
-def open_app(page, url):
+def open_app(page, url, results: bool = True):
     page.goto(url, wait_until="load")
     page.wait_for_selector("#search-btn")
     page.wait_for_function("document.querySelector('#crumbs') && "
                            "document.querySelector('#crumbs').innerText.includes('Reference:')")
+    if results:
+        page.wait_for_function(f"document.querySelectorAll('{RESULTS}').length > 0")
 
 
 def shot(page, name, scroll_to=None):
@@ -67,7 +73,7 @@ def crumbs(page) -> str:
 
 
 def result_count(page) -> int:
-    return page.locator("#results .grid-container .thumbnail-item").count()
+    return page.locator(RESULTS).count()
 
 
 def no_horizontal_scroll(page) -> bool:
@@ -79,49 +85,162 @@ def tap(page, selector):
     page.locator(selector).first.click()
 
 
+def events_during(page, action) -> int:
+    """How many server events one user action sends (waits for the page to settle)."""
+    before = len(page.joins)
+    action()
+    page.wait_for_timeout(800)
+    return len(page.joins) - before
+
+
+def test_arrival_shows_a_retrieval_with_the_query_in_the_first_screen(page, app):
+    _, catalog, base = app
+    open_app(page, base)
+    assert len(page.joins) == 1  # arriving is one server event, and it brings the results
+    reference, caption = catalog.curated("dress", exclude_reference=True)
+    assert reference in crumbs(page) and page.input_value("#caption textarea") == caption
+    assert result_count(page) == 50 and "Target found at #1" in page.inner_text("#status")
+    screen = VIEWPORTS[page.kind]["height"]
+    for selector in ("#reference img", "#caption textarea", "#search-btn"):
+        box = page.locator(selector).first.bounding_box()
+        assert box["y"] + box["height"] <= screen, (selector, box)
+    # results flow in the page: nothing scrolls inside the gallery
+    inner = page.evaluate("""() => [...document.querySelectorAll('#results, #results *')].filter(e =>
+        e.scrollHeight > e.clientHeight + 2 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowY)).length""")
+    assert inner == 0
+    # the badge leaves the picture visible: one line, a small part of the thumbnail
+    item = page.locator(RESULTS).first
+    badge, thumb = item.locator(".caption-label").bounding_box(), item.bounding_box()
+    assert badge["height"] <= 20 and badge["height"] * badge["width"] < 0.25 * thumb["height"] * thumb["width"]
+    assert reference not in page.locator("#results").inner_text()  # a FashionIQ reference is left out, and said so
+    assert "left out" in page.inner_text("#status")
+    for selector in ("#search-btn", "#random", "#back", "#upload", "#download"):
+        assert page.locator(selector).first.bounding_box()["height"] >= 44, selector
+    assert "🎯" not in page.content() and no_horizontal_scroll(page)
+    shot(page, "arrival")
+
+
 def test_query_flow(page, app):
     _, catalog, base = app
     open_app(page, base)
-    assert no_horizontal_scroll(page)
     # pick a reference from the paged gallery
     tap(page, "#picker-box button")
     page.locator("#picker .grid-container .thumbnail-item").nth(2).click()
     picked = catalog.page("dress", 1).names[2]
     page.wait_for_function(f"document.querySelector('#crumbs').innerText.includes('{picked}')")
-    # type a caption and search: K (default 50) results, scores and names in captions
+    # type a caption and search: one server event, K (default 50) results with rank and score badges
     page.fill("#caption textarea", "is darker and has long sleeves")
-    tap(page, "#search-btn")
-    page.wait_for_function("document.querySelectorAll('#results .grid-container .thumbnail-item').length === 50")
-    want = catalog.search("dress", reference=picked, caption="is darker and has long sleeves", k=50)
-    first = page.locator("#results .grid-container .thumbnail-item").first.inner_text()
-    assert want.hits[0].name in first and "#1" in first
-    assert "λ =" in page.inner_text("#status")
+    assert events_during(page, lambda: tap(page, "#search-btn")) == 1
+    page.wait_for_function(f"document.querySelector('#results').innerText.includes('{picked}') === false")
+    want = catalog.search("dress", reference=picked, caption="is darker and has long sleeves", k=50,
+                          exclude_reference=True)
+    page.wait_for_function(f"document.querySelectorAll('{RESULTS}').length === 50 && "
+                           f"document.querySelector('#results').innerText.includes('{want.hits[0].name}')")
+    first = page.locator(RESULTS).first.inner_text()
+    assert "#1" in first and want.hits[0].name in first
+    assert "Top 50 of 490" in page.inner_text("#status") and "λ =" in page.locator("#details").text_content()
     assert "gallery=dress" in page.evaluate("window.location.search")
     assert no_horizontal_scroll(page)
-    shot(page, "search")
-    # the results download is made by the browser from the answer it already has
+    # the results download is made by the browser from the answer it already has: no server event
     with page.expect_download() as download:
-        tap(page, "#download")
+        assert events_during(page, lambda: tap(page, "#download")) == 0
     saved = json.loads(Path(download.value.path()).read_text(encoding="utf-8"))
     assert [h["name"] for h in saved["hits"]] == [h.name for h in want.hits] and saved["reference"] == picked
-    # refine: a clicked result becomes the reference; back returns
-    page.locator("#results .grid-container .thumbnail-item").nth(4).click()
+    # refine: a tapped result becomes the reference; back returns
+    assert events_during(page, lambda: page.locator(RESULTS).nth(4).click()) == 1
     page.wait_for_function(f"document.querySelector('#crumbs').innerText.includes('{want.hits[4].name}')")
     assert picked in crumbs(page) and "→" in crumbs(page)
     tap(page, "#back")
     page.wait_for_function(f"!document.querySelector('#crumbs').innerText.includes('{want.hits[4].name}')")
     assert picked in crumbs(page)
-    # switch gallery
+    # switch gallery: one event, and the new gallery opens on its own retrieval
     tap(page, "#gallery input")
-    page.get_by_role("option", name="scenes (CIRR-style)").click()
+    switch = lambda: page.get_by_role("option", name="scenes").first.click()  # noqa: E731
+    assert events_during(page, switch) == 1
     page.wait_for_function("document.querySelector('#crumbs').innerText.includes('val-')")
-    assert result_count(page) == 0  # the other gallery's results are cleared
-    assert "scenes" in page.inner_text("#gallery") or page.input_value("#gallery input").startswith("scenes")
+    page.wait_for_function(f"document.querySelector('#results').innerText.includes('val-')")
+    scenes_ref, _ = catalog.curated("scenes")
+    assert scenes_ref in crumbs(page) and "Target found" in page.inner_text("#status")
+
+
+def test_an_upload_becomes_the_reference_without_stale_breadcrumbs(page, app, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    _, _, base = app
+    open_app(page, base)
+    photo = tmp_path / "my-photo.jpg"
+    Image.fromarray((np.random.default_rng(3).random((120, 90, 3)) * 255).astype(np.uint8)).save(photo)
+    with page.expect_file_chooser() as chooser:
+        tap(page, "#upload")
+    chooser.value.set_files(str(photo))
+    page.wait_for_function("document.querySelector('#crumbs').innerText.includes('your upload')")
+    src = page.get_attribute("#reference img", "src")
+    assert src.startswith("data:image/jpeg;base64,")  # a thumbnail made in memory, not a file
+    page.fill("#caption textarea", "is red")
+    tap(page, "#search-btn")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Top 50')")
+    assert page.input_value("#link input, #link textarea") == ""  # an upload has no shareable link
+
+
+def open_hidden_tab(page, name):
+    """On a phone Gradio folds the later tabs into a menu."""
+    tab = page.get_by_role("tab", name=name)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+        return
+    page.locator(".tab-container button:has-text('⋯'), button.overflow-menu, .overflow-menu button").first.click()
+    page.get_by_role("tab", name=name).or_(page.locator(f"button:has-text('{name}')")).last.click()
+
+
+def test_validation_browser_loads_a_triplet(page, app):
+    _, catalog, base = app
+    open_app(page, base)
+    open_hidden_tab(page, "Validation browser")
+    tap(page, "#browse-btn")
+    page.wait_for_function("document.querySelectorAll('#triplets .thumbnail-item').length > 10")
+    ranks = catalog.rank_split("dress")
+    summary = page.content()
+    assert f"R@10 <strong>{ranks.summary['R@10']:.2f}</strong>" in summary
+    worst = max(ranks.rows, key=lambda r: (r.rank, -r.index))
+    first = page.locator("#triplets .thumbnail-item").first
+    assert f"rank {worst.rank}" in first.inner_text()
+    assert no_horizontal_scroll(page)
+    first.click()
+    page.wait_for_function(f"document.querySelector('#crumbs').innerText.includes('{worst.reference}')")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Target')")
+    status = page.inner_text("#status")
+    # the same rank as the table: shown as is, or beside the search's own when the reference is left out
+    assert f"#{worst.rank}" in status, status
+    assert page.input_value("#caption textarea") == worst.caption
+
+
+def test_deep_link_reopens_a_retrieval(page, app):
+    _, catalog, base = app
+    row = next(r for r in catalog.rank_split("scenes").rows if 2 <= r.rank <= 12)
+    triplet = catalog.triplet("scenes", row.index)
+    open_app(page, base + "?" + urlencode({"gallery": "scenes", "ref": triplet.reference, "q": row.caption, "k": 12}))
+    page.wait_for_function(f"document.querySelectorAll('{RESULTS}').length === 12")
+    want = catalog.search("scenes", reference=triplet.reference, caption=row.caption, k=12)
+    assert triplet.reference in crumbs(page)
+    assert f"Target found at #{want.target_rank}" in page.inner_text("#status") and want.target_rank == row.rank
+    assert page.locator("#group .grid-container .thumbnail-item").count() == len(want.subset)
+    # the ground-truth target is framed where it appears among the results
+    target_item = page.locator(RESULTS).nth(want.target_rank - 1)
+    assert "solid" in target_item.evaluate("e => getComputedStyle(e).outlineStyle")
+    tap(page, "#options button")
+    page.check("#show-names input")  # names on demand
+    assert triplet.target in target_item.inner_text()
+    assert no_horizontal_scroll(page)
+    shot(page, "scenes", scroll_to="#results")
+    # a link whose reference is unknown is not quietly run with another reference
+    open_app(page, base + "?" + urlencode({"gallery": "dress", "ref": "no-such-image", "q": "is red"}), results=False)
+    page.wait_for_timeout(1500)
+    assert result_count(page) == 0 and "no-such-image" in page.content()
 
 
 def test_share_tab_shows_a_qr_code_of_the_page(page, app):
     import base64
-    import io
 
     from PIL import Image
 
@@ -135,62 +254,3 @@ def test_share_tab_shows_a_qr_code_of_the_page(page, app):
     assert src.startswith("data:image/png;base64,") and base64.b64decode(src.split(",", 1)[1]) == qr_png(base)
     Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).verify()
     assert page.get_attribute("#qr a[download]", "href") == src
-
-
-def test_validation_browser_loads_a_triplet(page, app):
-    _, catalog, base = app
-    open_app(page, base)
-    open_hidden_tab(page, "Validation browser")
-    tap(page, "#browse-btn")
-    page.wait_for_function("document.querySelectorAll('#triplets [role=row]').length > 10")
-    ranks = catalog.rank_split("dress")
-    summary = page.content()
-    assert f"R@10 <strong>{ranks.summary['R@10']:.2f}</strong>" in summary
-    assert f"R@50 <strong>{ranks.summary['R@50']:.2f}</strong>" in summary
-    worst = max(ranks.rows, key=lambda r: (r.rank, -r.index))
-    first = page.locator("#triplets [role=row]").nth(1)  # row 0 is the header
-    assert first.locator("[role=gridcell]").nth(0).inner_text().strip() == str(worst.index)
-    first.locator("[role=gridcell]").nth(2).click()
-    page.wait_for_function(f"document.querySelector('#crumbs').innerText.includes('{worst.reference}')")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('target')")
-    assert f"rank {worst.rank}" in page.inner_text("#status")
-    assert page.input_value("#caption textarea") == worst.caption
-
-
-def open_hidden_tab(page, name):
-    """On a phone Gradio folds the later tabs into a '⋯' menu."""
-    tab = page.get_by_role("tab", name=name)
-    if tab.count() and tab.first.is_visible():
-        tab.first.click()
-        return
-    page.locator(".tab-container button:has-text('⋯'), button.overflow-menu, .overflow-menu button").first.click()
-    page.get_by_role("tab", name=name).or_(page.locator(f"button:has-text('{name}')")).last.click()
-
-
-def test_deep_link_reopens_a_retrieval(page, app):
-    _, catalog, base = app
-    row = next(r for r in catalog.rank_split("scenes").rows if 2 <= r.rank <= 12)
-    triplet = catalog.triplet("scenes", row.index)
-    caption = row.caption
-    open_app(page, base + "?" + urlencode({"gallery": "scenes", "ref": triplet.reference, "q": caption, "k": 12}))
-    page.wait_for_function("document.querySelectorAll('#results .grid-container .thumbnail-item').length === 12")
-    want = catalog.search("scenes", reference=triplet.reference, caption=caption, k=12)
-    assert triplet.reference in crumbs(page)
-    assert f"rank **{want.target_rank}**".replace("**", "") in page.inner_text("#status")
-    assert page.locator("#group .grid-container .thumbnail-item").count() == len(want.subset)
-    # the ground-truth target is framed where it appears among the results
-    target_item = page.locator("#results .grid-container .thumbnail-item").nth(want.target_rank - 1)
-    assert triplet.target in target_item.inner_text()
-    assert "solid" in target_item.evaluate("e => getComputedStyle(e).outlineStyle")
-    assert no_horizontal_scroll(page)
-    shot(page, "scenes", scroll_to="#results")
-    # a FashionIQ triplet whose target is in the top 50: the README's screenshots
-    row = next(r for r in catalog.rank_split("dress").rows if 3 <= r.rank <= 8)
-    open_app(page, base + "?" + urlencode({"gallery": "dress", "ref": row.reference, "q": row.caption}))
-    page.wait_for_function("document.querySelectorAll('#results .grid-container .thumbnail-item').length === 50")
-    assert f"rank {row.rank}" in page.inner_text("#status")
-    shot(page, "search", scroll_to="#status")
-    # a link whose reference is unknown is not quietly run with another reference
-    open_app(page, base + "?" + urlencode({"gallery": "dress", "ref": "no-such-image", "q": row.caption}))
-    page.wait_for_timeout(1500)
-    assert result_count(page) == 0 and "no-such-image" in page.content()

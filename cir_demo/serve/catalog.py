@@ -59,6 +59,7 @@ class _GalleryRecord:
     by_reference: dict[str, list[int]] = field(default_factory=dict)
     ranks: dict[str, SplitRanks] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # this gallery's batch ranks, made once
+    curated: dict = field(default_factory=dict)
 
 
 class Catalog:
@@ -155,18 +156,26 @@ class Catalog:
                 roots.add(record.image_root.resolve())
         return sorted(roots)
 
-    def encode_upload(self, gallery: str, data: bytes) -> torch.Tensor:
-        """Raw features (1, D) on the CPU of an uploaded photo (its bytes), by ``gallery``'s model.
+    @staticmethod
+    def open_upload(data: bytes) -> Image.Image:
+        """An uploaded photo (its bytes) as an upright RGB image.
 
         The header is checked before any pixel is decoded (bombs, absurd shapes) and EXIF
         orientation applied; a bad file raises ``ImageReadError`` naming "the uploaded file".
         """
-        engine = self.engine_for(gallery)
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise QueryError("the uploaded file is empty: it holds no image")
         image = open_image(io.BytesIO(data), label="the uploaded file")
         ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double a large photo's cost
-        return engine.image_features(image.convert("RGB") if image.mode != "RGB" else image).cpu()
+        return image.convert("RGB") if image.mode != "RGB" else image
+
+    def upload_features(self, gallery: str, image: Image.Image) -> torch.Tensor:
+        """Raw features (1, D) on the CPU of an uploaded image, by ``gallery``'s model."""
+        return self.engine_for(gallery).image_features(image).cpu()
+
+    def encode_upload(self, gallery: str, data: bytes) -> torch.Tensor:
+        """``upload_features`` of ``open_upload(data)``."""
+        return self.upload_features(gallery, self.open_upload(data))
 
     def open_image(self, gallery: str, name: str) -> Image.Image:
         with Image.open(self.image_path(gallery, name)) as image:
@@ -196,6 +205,35 @@ class Catalog:
             if any(normalise_caption(c) == wanted for c in [query_captions(t, train=False)[0], *t.captions]):
                 return t
         return None
+
+    @staticmethod
+    def query_caption(triplet: Triplet) -> str:
+        """The caption a search for ``triplet`` uses (as the evaluation phrases it)."""
+        return query_captions(triplet, train=False)[0]
+
+    def curated(self, gallery: str, *, max_chars: int = 70, **search_options) -> Optional[tuple[str, str]]:
+        """(reference, caption) of a validation triplet this gallery's model answers with its target
+        first (short captions preferred; in triplet order, so every visitor sees the same one), or
+        the best answered of the first few; None for a gallery without triplets. Cached."""
+        record = self._record(gallery)
+        if not record.triplets:
+            return None
+        key = repr(sorted(search_options.items()))
+        if key not in record.curated:
+            best = None
+            for i, t in enumerate(record.triplets[:200]):
+                caption = self.query_caption(t)
+                if len(caption) > max_chars:
+                    continue
+                rank = self.search(gallery, reference=t.reference, caption=caption, k=1,
+                                   **search_options).target_rank or 10 ** 9
+                if best is None or rank < best[0]:
+                    best = (rank, t.reference, caption)
+                if rank == 1:
+                    break
+            t = record.triplets[0]
+            record.curated[key] = best[1:] if best else (t.reference, self.query_caption(t))
+        return record.curated[key]
 
     def triplet(self, gallery: str, index: int) -> Triplet:
         record = self._record(gallery)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Container
 
 from cir_demo.config.text import shown
+from cir_demo.data.transforms import ImageReadError
 
 MAX_K = 1000
 MAX_CAPTION_CHARS = 1000   # CLIP reads 77 tokens; a longer caption is a mistake or an attack
@@ -18,6 +19,10 @@ MAX_NAME_CHARS = 512       # no gallery image name is longer; longer input is no
 
 class QueryError(ValueError):
     """A query the engine cannot answer; the message is fit to show a user."""
+
+
+# What a front end shows as a message (anything else is a bug: logged, answered with an apology).
+USER_ERRORS = (QueryError, ImageReadError)
 
 
 def whole(value, what: str, low: int, high: int) -> int:

@@ -234,6 +234,9 @@ class Engine:
             composer=comp.name, lam=lam, target=target)
         if target is not None:
             result.target_rank = self._target_rank(entry, query[None], target, excl_row)[0]
+            if exclude != entry.exclude_reference:  # what the dataset's evaluation protocol would say
+                protocol_excl = ref_row if entry.exclude_reference else None
+                result.protocol_rank = self._target_rank(entry, query[None], target, protocol_excl)[0]
         if subset:
             result.subset = self._subset_hits(entry, query, subset, reference if isinstance(reference, str) else None)
         clock.lap("extras")

@@ -21,6 +21,8 @@ class SearchResult:
     ``target_rank``: rank of ``target`` in the full ranking (beyond K too), None without a target.
     ``subset``: the given subset (CIRR's img_set minus the reference) ranked by the same scores.
     ``timings_ms``: per stage ("text", "image", "compose", "search", "extras", "total").
+    ``protocol_rank``: with ``exclude_reference`` against the dataset's protocol (the app leaves a
+    FashionIQ reference out of its own results), the rank the protocol (and ``eval``) gives.
     """
     hits: list[Hit]
     composer: str
@@ -29,6 +31,8 @@ class SearchResult:
     target: Optional[str] = None
     target_rank: Optional[int] = None
     subset: list[Hit] = field(default_factory=list)
+    protocol_rank: Optional[int] = None  # the target's rank under the dataset's protocol, where the
+    #                                      search left the reference out and the protocol keeps it
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -20,11 +20,11 @@ import gradio as gr
 from cir_demo.serve.catalog import Catalog
 from cir_demo.ui.browse import browse as browse_rows
 from cir_demo.ui.handlers import user_facing
-from cir_demo.ui.zerogpu import gpu
 
 
 def register(catalog: Catalog) -> None:
-    """Add the endpoints to the Blocks being built (call inside ``with gr.Blocks()``)."""
+    """Add the endpoints to the Blocks being built (call inside ``with gr.Blocks()``); ``catalog``
+    is the one the page uses (wrapped for ZeroGPU where that applies)."""
 
     @user_facing
     def galleries() -> list:
@@ -68,5 +68,6 @@ def register(catalog: Catalog) -> None:
                                        sort=sort)
         return {"summary": catalog.rank_split(gallery, composer).summary, "headers": headers, "rows": body}
 
-    for fn in (galleries, page, random_reference, captions, search, compare, browse):
-        gr.api(gpu(fn) if fn in (search, compare, browse) else fn, api_name=fn.__name__)
+    for fn in (galleries, page, random_reference, captions, search, compare):
+        gr.api(fn, api_name=fn.__name__, concurrency_id="light", concurrency_limit=2)
+    gr.api(browse, api_name="browse", concurrency_id="heavy", concurrency_limit=1)  # a batch pass when cold

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from cir_demo.serve.catalog import Catalog
+from cir_demo.serve.checks import QueryError, whole
 from cir_demo.serve.results import SplitRanks, TripletRank
 
 OUTCOMES = ("all", "hits", "misses")
@@ -16,11 +17,14 @@ def filter_rows(ranks: SplitRanks, *, outcome: str = "all", hit_at: int = 10, ra
                 rank_max: Optional[int] = None, words: str = "", sort: str = "worst first") -> list[TripletRank]:
     """The triplets that pass every filter, in the chosen order (ties by triplet order)."""
     if outcome not in OUTCOMES:
-        raise ValueError(f"outcome must be one of {', '.join(OUTCOMES)}")
+        raise QueryError(f"outcome must be one of {', '.join(OUTCOMES)}")
     if sort not in SORTS:
-        raise ValueError(f"sort must be one of {', '.join(SORTS)}")
-    if isinstance(hit_at, bool) or not isinstance(hit_at, int) or hit_at < 1:
-        raise ValueError(f"hit_at must be a whole number >= 1, got {hit_at!r}")
+        raise QueryError(f"sort must be one of {', '.join(SORTS)}")
+    hit_at = whole(hit_at, "hit_at", 1, 10 ** 9)
+    rank_min = None if rank_min is None else whole(rank_min, "the lowest rank", 1, 10 ** 9)
+    rank_max = None if rank_max is None else whole(rank_max, "the highest rank", 1, 10 ** 9)
+    if not isinstance(words, (str, type(None))) or len(words or "") > 200:
+        raise QueryError("the caption words must be text of at most 200 characters")
     wanted = [w for w in (words or "").lower().split() if w]
     rows = []
     for row in ranks.rows:
@@ -67,8 +71,21 @@ def summary_markdown(ranks: SplitRanks, shown: int) -> str:
     return text
 
 
+SHOWN_ROWS = 120  # thumbnails on the page; the filters narrow the rest down
+
+
+def browse_view(catalog: Catalog, gallery: str, composer: str = "combiner", **filters):
+    """(summary markdown, the rows the page shows: at most SHOWN_ROWS) of the validation browser."""
+    ranks = catalog.rank_split(gallery, composer)
+    rows = filter_rows(ranks, **filters)
+    text = summary_markdown(ranks, len(rows))
+    if len(rows) > SHOWN_ROWS:
+        text += f" (the first {SHOWN_ROWS} here; narrow them with the filters)"
+    return text, rows[:SHOWN_ROWS]
+
+
 def browse(catalog: Catalog, gallery: str, composer: str = "combiner", **filters):
-    """(summary markdown, headers, rows) of the validation browser."""
+    """(summary markdown, headers, rows) of the validation browser, every row (the API's answer)."""
     ranks = catalog.rank_split(gallery, composer)
     rows = filter_rows(ranks, **filters)
     headers, body = table(ranks, rows)

@@ -2,7 +2,7 @@
 
 * ``BodyLimit`` (ASGI middleware): a request body larger than its route's limit is answered 413
   before the app sees it (uploads: ``MAX_UPLOAD_BYTES`` plus form overhead; every other route:
-  ``MAX_JSON_BYTES``, room for a ``data:`` URL of ``MAX_DATA_URL_CHARS``), and a queue request for
+  ``MAX_JSON_BYTES``: images arrive only as uploads), and a queue request for
   an event the page does not have is answered 422 instead of a server error.
 * Gradio keeps per-session copies of every component a session touched, for up to
   ``state_session_capacity`` sessions; API clients never say goodbye. ``session_reaper`` drops
@@ -23,8 +23,7 @@ from typing import Callable, Optional
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 20 * 2 ** 20          # a phone photo is 3-8 MB
-MAX_DATA_URL_CHARS = 1 * 2 ** 20         # pasted images; anything larger goes through /upload
-MAX_JSON_BYTES = MAX_DATA_URL_CHARS + 64 * 2 ** 10
+MAX_JSON_BYTES = 64 * 2 ** 10            # an event's JSON: a 1,000-character caption and a few small values
 MAX_QUEUE = 256                          # events waiting; more are refused (503), never piled up
 SESSION_CAPACITY = 1000                  # Gradio's default is 10,000 sessions
 SESSION_IDLE_S = float(os.environ.get("CIR_DEMO_SESSION_IDLE_S", 20 * 60))

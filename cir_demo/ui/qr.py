@@ -29,3 +29,12 @@ def qr_png(url: str) -> bytes:
 
 def qr_data_url(url: str) -> str:
     return "data:image/png;base64," + base64.b64encode(qr_png(url)).decode("ascii")
+
+
+def share_html(url: str | None) -> str:
+    """The QR code of ``url`` inline (a data: URL) with a PNG download link; "" without a URL."""
+    if not url:
+        return ""
+    src = qr_data_url(url)
+    return (f'<img src="{src}" alt="QR code of this app" style="width:260px;max-width:100%;image-rendering:pixelated">'
+            f'<p><a href="{src}" download="cir-demo-qr.png">QR code as a PNG, for posters</a></p>')

@@ -80,7 +80,7 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop (Docker, Spaces) runs the exit clean-up
     host = host or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", 0) or 0) or None
-    demo.queue(default_concurrency_limit=4, max_size=MAX_QUEUE)
+    demo.queue(default_concurrency_limit=2, max_size=MAX_QUEUE)
     app_kwargs = {"middleware": [Middleware(BodyLimit, valid_events=lambda: set(demo.fns))],
                   "lifespan": session_reaper()}
     return demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],

@@ -10,18 +10,15 @@ names a file by its server path. So a path is used only when all of this holds (
 Anything else is refused with one message that names no path and says nothing about whether the
 path exists; nothing is read or touched. An accepted file is read into memory (it is at most
 ``max_file_size``, see ``cir_demo.ui.limits``) and deleted at once, with its folder when empty:
-the app keeps only the photo's features. A ``data:`` URL is bounded by its length and decoded
-from base64 in memory; any other URL is refused (the server fetches nothing for a client). The
-image header is checked (pixel count, aspect) before any pixel is decoded, by the library.
+the app keeps only the photo's features. A link is never fetched for a client. The image header
+is checked (pixel count, aspect) before any pixel is decoded, by the library.
 
-``UploadImage`` is ``gr.Image`` whose preprocessing applies this rule and hands the handler the
-upload's bytes: Gradio's own image preprocessing would decode the file, unguarded, first.
+``UploadPhoto`` is ``gr.UploadButton`` whose preprocessing applies this rule and hands the handler
+the upload's bytes (on a phone it offers the camera too).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import stat
@@ -31,7 +28,7 @@ from typing import Optional
 import gradio as gr
 from gradio_client import utils as client_utils
 
-from cir_demo.ui.limits import MAX_DATA_URL_CHARS, MAX_UPLOAD_BYTES
+from cir_demo.ui.limits import MAX_UPLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -104,39 +101,21 @@ def take_upload(path) -> bytes:
         discard(real)
 
 
-def decode_data_url(url: str) -> bytes:
-    """The bytes of a base64 ``data:`` URL of at most ``MAX_DATA_URL_CHARS`` characters."""
-    if len(url) > MAX_DATA_URL_CHARS:
-        raise UploadRefused(f"a pasted image (data: URL) may be at most {MAX_DATA_URL_CHARS // 2 ** 20} MB; "
-                            f"upload larger images as files")
-    head, sep, body = url.partition(",")
-    if not sep or not head.lower().startswith("data:") or not head.lower().endswith(";base64"):
-        raise UploadRefused("a data: URL must carry a base64-encoded image")
-    try:
-        return base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        raise UploadRefused("the data: URL is not valid base64") from None
-
-
 def payload_bytes(payload) -> Optional[bytes]:
-    """The image bytes a client sent as an ``ImageData`` payload, by the rule above (None: no image)."""
+    """The bytes of the file a client names in a ``FileData`` payload, by the rule above (None: no file)."""
     if payload is None:
         return None
-    path, url = getattr(payload, "path", None), getattr(payload, "url", None)
-    if path:
-        return take_upload(path)
-    if isinstance(url, str) and url[:5].lower() == "data:":
-        return decode_data_url(url)
-    if url:
+    path = getattr(payload, "path", None)
+    if isinstance(path, str) and client_utils.is_http_url_like(path):
         raise UploadRefused("images are accepted as uploaded files, not as links")
-    return None
+    return take_upload(path)
 
 
-class UploadImage(gr.Image):
-    """``gr.Image`` that hands its handler the upload's bytes (or None), by the rule above."""
+class UploadPhoto(gr.UploadButton):
+    """``gr.UploadButton`` for one image, handing its handler the upload's bytes by the rule above."""
 
     def get_block_name(self) -> str:
-        return "image"
+        return "uploadbutton"
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         # Gradio would download a URL a client names into its cache before preprocessing.
@@ -145,6 +124,11 @@ class UploadImage(gr.Image):
         return await super().async_move_resource_to_block_cache(url_or_file_path)
 
     def preprocess(self, payload) -> Optional[bytes]:
+        if isinstance(payload, list) or type(payload).__name__ == "ListFiles":  # one photo at a time
+            files = list(payload.root if hasattr(payload, "root") else payload)
+            payload = files[0] if len(files) == 1 else None
+            if payload is None:
+                raise gr.Error("upload one photo at a time", print_exception=False)
         try:
             return payload_bytes(payload)
         except UploadRefused as err:

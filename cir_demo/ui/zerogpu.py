@@ -2,8 +2,10 @@
 
 On ZeroGPU a GPU is attached only while a function decorated with ``spaces.GPU`` runs. Models and
 galleries may be placed on CUDA at import (ZeroGPU defers the transfer); no other CUDA work may
-happen then, which is why the text tower captures its CUDA graphs lazily, on first use. Handlers
-that touch the GPU are wrapped with :func:`gpu`.
+happen then, which is why the text tower captures its CUDA graphs lazily, on first use.
+
+Every model call goes through the catalog, so the app wraps the catalog's model-running methods
+once (``gpu_catalog``): any handler or endpoint, present or future, is covered by construction.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import importlib.util
 import os
 from typing import Callable, Optional
+
+# The catalog methods that run a model (text tower, Combiner, image tower, batch ranking).
+MODEL_CALLS = ("search", "compare", "rank_split", "upload_features", "encode_upload", "curated", "warm_up")
 
 
 def on_zerogpu() -> bool:
@@ -30,3 +35,20 @@ def gpu(fn: Callable) -> Callable:
     import spaces
 
     return spaces.GPU(fn)
+
+
+class GpuCatalog:
+    """The catalog with every model-running method wrapped by ``gpu``; everything else passes through."""
+
+    def __init__(self, catalog):
+        self._catalog = catalog
+        for name in MODEL_CALLS:
+            setattr(self, name, gpu(getattr(catalog, name)))
+
+    def __getattr__(self, name: str):
+        return getattr(self._catalog, name)
+
+
+def gpu_catalog(catalog):
+    """``catalog`` itself off ZeroGPU; on ZeroGPU a ``GpuCatalog`` over it."""
+    return GpuCatalog(catalog) if on_zerogpu() else catalog
