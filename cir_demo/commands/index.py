@@ -33,7 +33,7 @@ def run(args) -> int:
     from cir_demo.data.datasets import open_dataset
     from cir_demo.model import load_clip
     from cir_demo.pipeline.indexing import command_line, index_dataset, index_folder
-    from cir_demo.train.distributed import distributed
+    from cir_demo.config.processes import distributed
 
     rank, world = distributed()  # under torchrun: before anything touches a GPU, one device per rank
     device = default_device(args.device)

@@ -35,7 +35,7 @@ def build_index(clip: ClipModel, names: Sequence[str], paths: Sequence[Path], ou
     Under torchrun every process encodes whole batches of a share of the images; rank 0 writes
     the one index (the same bytes as a single-process build) while the others wait for it.
     """
-    from cir_demo.train.distributed import barrier, encode_sharded, rank_world
+    from cir_demo.config.processes import barrier, encode_sharded, rank_world
 
     paths = list(paths)
 
