@@ -23,6 +23,7 @@ from cir_demo.serve.checks import MAX_CAPTION_CHARS, MAX_K, USER_ERRORS, QueryEr
 from cir_demo.serve.results import SearchResult
 from cir_demo.ui import session as S
 from cir_demo.ui.browse import browse_view
+from cir_demo.ui.grid import item
 from cir_demo.ui.links import parse_link, public_url, query_string
 from cir_demo.ui.qr import share_html
 
@@ -47,8 +48,8 @@ def user_facing(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise
-        except USER_ERRORS as err:
-            raise gr.Error(str(err), print_exception=False) from None
+        except USER_ERRORS as err:  # toasts render HTML: a stranger's input is shown as text
+            raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
         except Exception:  # noqa: BLE001 - a public demo must keep serving and must not leak internals
             log.exception("handler %s failed", getattr(fn, "__name__", "?"))
             raise gr.Error("Sorry, something went wrong on our side; please try again.",
@@ -77,17 +78,10 @@ def thumbnail_url(image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def target_frame_css(rank: int) -> str:
-    """A style element framing the ``rank``-th result thumbnail (the ground-truth target)."""
-    return (f"<style>#results .grid-container > .gallery-item:nth-child({int(rank)}) > button "
-            f"{{outline: 4px solid #16a34a; outline-offset: -4px; border-radius: 6px;}}</style>")
-
-
-def hit_label(hit, target: Optional[str]) -> str:
-    """A result's caption: rank and score on the first line (the page shows it as a small badge),
-    the name on the second (shown on demand)."""
-    mark = "target · " if hit.name == target else ""
-    return f"#{hit.rank} · {hit.score:.2f}\n{mark}{hit.name}"
+def hit_items(catalog, gallery: str, hits, target: Optional[str]) -> list[dict]:
+    """Grid items of ranked hits: rank and score as the badge, the target marked (framed)."""
+    return [item(catalog.image_path(gallery, h.name), h.name, f"#{h.rank} · {h.score:.2f}", h.name == target)
+            for h in hits]
 
 
 def status_markdown(result: SearchResult, shown_k: int, size: int, *, left_out: bool = False) -> str:
@@ -124,7 +118,7 @@ class Handlers:
         p = page
         ref = [p.state, p.reference, p.crumbs, p.suggestions, p.back]
         pages = [p.state, p.picker, p.page_names, p.page_label]
-        search = [p.results, p.hit_names, p.status, p.details, p.frame, p.group, p.results_json, p.link]
+        search = [p.results, p.hit_names, p.status, p.details, p.group_md, p.group, p.results_json, p.link]
         browse = [p.browse_md, p.triplets, p.browsed]
         gallery = [*ref, *pages[1:], *search, *browse, p.caption, p.examples, p.upload_note, p.composer, p.gallery,
                    p.k]
@@ -157,14 +151,14 @@ class Handlers:
 
     def _page(self, state: dict) -> dict:
         page = self.catalog.page(state["gallery"], state.get("page", 1))
-        items = [(str(self.catalog.image_path(state["gallery"], n)), n) for n in page.names]
+        items = [item(self.catalog.image_path(state["gallery"], n), n) for n in page.names]
         return {self.p.state: state, self.p.picker: items, self.p.page_names: page.names,
                 self.p.page_label: f"page {page.page} / {page.pages}"}
 
     def _no_results(self, gallery: str) -> dict:
         p = self.p
-        return {p.results: [], p.hit_names: [], p.status: "", p.details: "", p.frame: "",
-                p.group: gr.update(visible=False, value=None), p.results_json: None,
+        return {p.results: [], p.hit_names: [], p.status: "", p.details: "", p.group_md: gr.update(visible=False),
+                p.group: gr.update(visible=False, value=[]), p.results_json: None,
                 p.link: query_string(gallery, None, "", 50, "combiner")}
 
     def _results(self, state: dict, caption: str, k, composer: str) -> dict:
@@ -176,18 +170,14 @@ class Handlers:
         query = self._query(state)
         result = self.catalog.search(gallery, caption=caption, k=k, composer=composer,
                                      exclude_reference=True if leave_out and query["reference"] else None, **query)
-        items = [(str(self.catalog.image_path(gallery, h.name)), hit_label(h, result.target)) for h in result.hits]
-        target_at = next((h.rank for h in result.hits if h.name == result.target), None)
-        group = gr.update(visible=False, value=None)
-        if result.subset:
-            group = gr.update(visible=True, value=[
-                (str(self.catalog.image_path(gallery, h.name)), hit_label(h, result.target)) for h in result.subset])
+        subset = hit_items(self.catalog, gallery, result.subset, result.target)
         ref = S.reference_name(state)  # an upload has no shareable reference: no link then
         precision = self.catalog.engine_for(gallery).precisions()["text"]["precision"]
-        return {p.results: items, p.hit_names: [h.name for h in result.hits],
+        return {p.results: hit_items(self.catalog, gallery, result.hits, result.target),
+                p.hit_names: [h.name for h in result.hits],
                 p.status: status_markdown(result, k, info.count, left_out=leave_out and bool(ref)),
                 p.details: details_html(result, precision),
-                p.frame: target_frame_css(target_at) if target_at else "", p.group: group,
+                p.group_md: gr.update(visible=bool(subset)), p.group: gr.update(visible=bool(subset), value=subset),
                 p.results_json: {"gallery": gallery, "reference": ref or "(uploaded image)",
                                  "caption": caption.strip(), **result.to_dict()},
                 p.link: query_string(gallery, ref, caption.strip(), k, composer) if ref else ""}
@@ -248,11 +238,12 @@ class Handlers:
         names = [g.name for g in self.catalog.galleries()]
         gallery = params.get("gallery", self.first)
         if gallery not in names:
-            gr.Warning(f"This link names an unknown gallery {shown(gallery)}; showing {self.first!r} instead.")
+            gr.Warning(html.escape(f"This link names an unknown gallery {shown(gallery)}; showing {self.first!r} "
+                                   f"instead.", quote=False))
             gallery, params = self.first, {}
         if "ref" in params and not self.catalog.has_image(gallery, params["ref"]):
-            gr.Warning(f"This link's reference image {shown(params['ref'])} is not in {gallery!r}: pick one, "
-                       f"then search.")  # never quietly run another query than the link describes
+            gr.Warning(html.escape(f"This link's reference image {shown(params['ref'])} is not in {gallery!r}: "
+                                   f"pick one, then search.", quote=False))  # never quietly run another query
             params = {"ref": self.catalog.random_reference(gallery)}
         k = whole(int(params["k"]), "K", 1, UI_MAX_K) if params.get("k", "").isdecimal() and len(params["k"]) < 5 else 50
         out = self._gallery_view(gallery, params.get("composer"), k, params)
@@ -284,7 +275,7 @@ class Handlers:
         state = _state(state)
         if data is None:
             return self._reference(state)
-        image = self.catalog.open_upload(data)
+        image = self.catalog.open_upload(state["gallery"], data)
         features = self.catalog.upload_features(state["gallery"], image)
         step = {"upload": features, "label": "your upload", "thumb": thumbnail_url(image)}
         return self._reference(S.push(state, step))
@@ -325,15 +316,13 @@ class Handlers:
             lam = f" · λ {result.lam:.2f}" if result.lam is not None else ""
             rank = f" · target #{result.target_rank}" if result.target_rank is not None else ""
             out[md] = f"**{COMPOSER_LABELS[name]}**{lam}{rank} · {result.timings_ms.get('total', 0):.0f} ms"
-            out[gal] = [(str(self.catalog.image_path(gallery, h.name)), hit_label(h, result.target))
-                        for h in result.hits]
+            out[gal] = hit_items(self.catalog, gallery, result.hits, result.target)
         return out
 
     def browse(self, gallery, composer, outcome, hit_at, words, sort, rank_from, rank_to):
         summary, rows = browse_view(self.catalog, gallery, composer, outcome=outcome, hit_at=hit_at, words=words,
                                     sort=sort, rank_min=rank_from or None, rank_max=rank_to or None)  # 0: none
-        items = [(str(self.catalog.image_path(gallery, r.reference)), f"rank {r.rank} · {r.caption}")
-                 for r in rows]
+        items = [item(self.catalog.image_path(gallery, r.reference), r.caption, f"rank {r.rank}") for r in rows]
         return {self.p.browse_md: summary, self.p.triplets: items,
                 self.p.browsed: {"gallery": gallery, "rows": [r.index for r in rows]}}
 

@@ -19,6 +19,7 @@ from cir_demo.serve.checks import MAX_CAPTION_CHARS
 from cir_demo.ui import api
 from cir_demo.ui import session as S
 from cir_demo.ui.browse import OUTCOMES, SORTS
+from cir_demo.ui.grid import thumb_grid
 from cir_demo.ui.handlers import COMPOSER_ORDER, UI_MAX_K, Handlers
 from cir_demo.ui.uploads import UploadPhoto
 from cir_demo.ui.zerogpu import gpu_catalog
@@ -60,7 +61,7 @@ class Page:
     crumbs: gr.Markdown
     random: gr.Button
     back: gr.Button
-    picker: gr.Gallery
+    picker: gr.HTML
     prev: gr.Button
     next: gr.Button
     page_label: gr.Markdown
@@ -70,10 +71,10 @@ class Page:
     examples: gr.Radio
     status: gr.Markdown
     details: gr.HTML
-    frame: gr.HTML
     names: gr.Checkbox
-    results: gr.Gallery
-    group: gr.Gallery
+    results: gr.HTML
+    group_md: gr.Markdown
+    group: gr.HTML
     download: gr.Button
     results_json: gr.JSON
     link: gr.Textbox
@@ -88,7 +89,7 @@ class Page:
     rank_to: gr.Number
     sort: gr.Dropdown
     browse_btn: gr.Button
-    triplets: gr.Gallery
+    triplets: gr.HTML
     share_md: gr.Markdown
     qr: gr.HTML
 
@@ -104,8 +105,7 @@ def _search_tab(first: str, composers: list) -> dict:
                 upload = UploadPhoto("Upload or take a photo", file_types=["image"], size="sm",
                                      elem_id="upload", min_width=120)
             with gr.Accordion("Pick a reference from the gallery", open=False, elem_id="picker-box"):
-                picker = gr.Gallery(columns=4, height="auto", allow_preview=False, show_label=False, buttons=[],
-                                    elem_id="picker")
+                picker = thumb_grid("picker", min_px=84)
                 with gr.Row(elem_classes="tap-row"):
                     prev = gr.Button("Previous", size="sm", min_width=80)
                     page_label = gr.Markdown("page 1")
@@ -127,10 +127,10 @@ def _search_tab(first: str, composers: list) -> dict:
             upload_note = gr.Markdown(elem_id="upload-note")
     status = gr.Markdown(elem_id="status")
     details = gr.HTML(elem_id="details")
-    frame = gr.HTML(elem_id="frame")
-    results = gr.Gallery(show_label=False, columns=5, height="auto", allow_preview=False, buttons=[], elem_id="results")
-    group = gr.Gallery(label="The reference's group, ranked (CIRR subset protocol)", columns=5, height="auto",
-                       allow_preview=False, visible=False, buttons=[], elem_id="group")
+    results = thumb_grid("results")
+    group_md = gr.Markdown("The reference's group, ranked (CIRR's subset protocol):", visible=False,
+                           elem_id="group-label")
+    group = thumb_grid("group", visible=False)
     with gr.Row(elem_classes="tap-row"):
         download = gr.Button("Results as JSON", size="sm", elem_id="download", min_width=120)
         link = gr.Textbox(label="Link to this query", interactive=False, elem_id="link", scale=3, buttons=["copy"])
@@ -138,7 +138,7 @@ def _search_tab(first: str, composers: list) -> dict:
     return dict(reference=reference, crumbs=crumbs, random=random, back=back, upload=upload, composer=composer,
                 k=k, names=names, upload_note=upload_note, picker=picker, prev=prev, next=next_,
                 page_label=page_label, caption=caption, search=search, suggestions=suggestions, examples=examples,
-                status=status, details=details, frame=frame, results=results, group=group, download=download,
+                status=status, details=details, results=results, group_md=group_md, group=group, download=download,
                 link=link, results_json=results_json)
 
 
@@ -149,8 +149,7 @@ def _compare_tab() -> dict:
         for name in COMPOSER_ORDER:
             with gr.Column(min_width=170):
                 md[name] = gr.Markdown(f"**{name}**")
-                galleries[name] = gr.Gallery(columns=2, height="auto", allow_preview=False, show_label=False, buttons=[],
-                                             elem_id=f"compare-{name}")
+                galleries[name] = thumb_grid(f"compare-{name}", min_px=72)
     return dict(compare_btn=compare_btn, compare_md=md, compare_galleries=galleries)
 
 
@@ -165,7 +164,7 @@ def _browse_tab() -> dict:
         rank_to = gr.Number(None, label="to", precision=0, min_width=90)
         words = gr.Textbox(label="Caption contains", min_width=140)
     browse_btn = gr.Button("Rank the validation triplets", elem_id="browse-btn")
-    triplets = gr.Gallery(show_label=False, columns=4, height="auto", allow_preview=False, buttons=[], elem_id="triplets")
+    triplets = thumb_grid("triplets", min_px=150, names=True)
     gr.Markdown("Tap a triplet to load it into the Search tab.")
     return dict(browse_md=browse_md, outcome=outcome, sort=sort, hit_at=hit_at, rank_from=rank_from,
                 rank_to=rank_to, words=words, browse_btn=browse_btn, triplets=triplets)
