@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cir_demo.config import PROJECT_DIR
-from raw_http import FILE_META, events, fn_index, join, upload
+from cir_demo.ui.http_client import FILE_META, events, fn_index, join, upload
 
 pytestmark = pytest.mark.slow  # a launched app
 
@@ -278,3 +278,51 @@ def test_a_host_header_is_neither_echoed_nor_a_file(app, base, host):
     assert (host in share[0]) == plain and "<script>" not in share[0]
     after = {p for p in folder.rglob("*") if p.is_file()}
     assert after <= before
+
+
+def test_gradio_routes_the_app_does_not_use_are_closed(app, base, http_status):
+    folder = Path(os.environ["GRADIO_TEMP_DIR"])
+    session = "deep-link-probe"
+    join(base, fn_index(base, "ui_random"), [None], session=session)
+    for route in (f"gradio_api/deep_link?session_hash={session}", "gradio_api/monitoring/summary",
+                  "gradio_api/file=http://93.184.215.14/x.png", "gradio_api/file=https://example.org/x.png",
+                  f"?deep_link={session}"):
+        assert http_status(base + route) == 404, route
+    assert not (folder / "deep_links").exists()  # a session's state is never written to disk
+
+
+def progressive_jpeg_with_scans(scans: int) -> bytes:
+    """A small progressive JPEG whose last scan is repeated: a few bytes each, a full pass each to decode."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (2000, 2000), 128).save(buffer, "JPEG", progressive=True, quality=90)
+    data = buffer.getvalue()
+    last = data.rindex(b"\xff\xda")
+    return data[:last] + data[last:-2] * scans + b"\xff\xd9"
+
+
+@pytest.mark.parametrize("name, make, match", [
+    ("scans.jpg", lambda: progressive_jpeg_with_scans(500), "scans"),
+    ("tiny-huge.webp", lambda: _encode("WEBP", (9000, 9000), lossless=True), "more than a photo needs"),
+    ("photo.jp2", lambda: _encode("JPEG2000", (64, 64)), "not a JPEG, PNG, WebP or GIF"),
+    ("photo.tiff", lambda: _encode("TIFF", (64, 64)), "not a JPEG, PNG, WebP or GIF"),
+])
+def test_images_that_cost_far_more_than_their_bytes_are_refused_unread(app, base, name, make, match):
+    status, paths = upload(base, name, make())
+    assert status == 200
+    answer = join(base, upload_index(base), [{"path": paths[0], "meta": FILE_META}, None])
+    assert answer["success"] is not True and match in str(answer["error"]), answer["error"]
+    assert not Path(paths[0]).exists() and serves(base, app)
+
+
+def _encode(fmt: str, size, **kwargs) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (30, 60, 90)).save(buffer, fmt, **kwargs)
+    return buffer.getvalue()

@@ -53,9 +53,14 @@ def test_odd_captions_are_answered(client, app, caption):
 
 
 def test_captions_past_the_limit_are_refused_clearly(client, app):
-    text = refused(client, "dress", app[1].names("dress")[0], "x" * 10_000, 5, api_name="/search",
+    text = refused(client, "dress", app[1].names("dress")[0], "x" * 1_500, 5, api_name="/search",
                    match="please keep it under 1,000")
     assert len(text) < 300
+    from gradio_client.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="too large") as err:  # refused before the app (or a session) holds it
+        client.predict("dress", app[1].names("dress")[0], "x" * 10_000, 5, api_name="/search")
+    assert len(str(err.value)) < 300
     still_serving(client, app)
 
 
@@ -195,7 +200,7 @@ def test_binds_to_loopback_and_never_shares():
 
 def test_short_load_run_has_no_errors(app):
     _, catalog, base = app
-    result = run_load(base, make_cases(catalog, 40, seed=1), users=8, queries=3, max_seconds=120)
+    result = run_load(base, make_cases(base, 40, seed=1), users=8, queries=3, max_seconds=120)
     summary = result.summary()
     assert summary["errors"] == 0, summary["first_errors"]
     assert summary["requests"] == 24

@@ -11,6 +11,7 @@ fails inside a DataLoader worker is reported with its own message, not torch's w
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Optional, Sequence, Union
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from cir_demo.data.transforms import ImageReadError, ImageShapeError, check_size
@@ -28,7 +29,7 @@ from cir_demo.model.clip import ClipModel
 log = logging.getLogger(__name__)
 
 __all__ = ["EncodeError", "ImageFiles", "ImageReadError", "ImageShapeError", "encode_image_files",
-           "encode_names", "encode_pil_images", "encode_texts", "open_image"]
+           "encode_names", "encode_pil_images", "encode_texts", "open_image", "open_upload"]
 
 # Pillow's default bomb limit (~89 Mpx) warns only; beyond twice that it raises. We refuse
 # anything past the warning threshold: no product photo needs more.
@@ -62,6 +63,47 @@ def open_image(source: Union[str, Path, IO[bytes]], *, label: Optional[str] = No
         raise ImageReadError(f"cannot read image {name}: not an image in a format this server reads") from None
     except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, MemoryError, struct.error...
         raise ImageReadError(f"cannot read image {name}: {err or type(err).__name__}") from None
+
+
+# Photos from strangers: the formats phones and browsers make, and costs bounded before decoding.
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF")  # the JPEG opener also reads MPO (multi-picture) files
+MAX_UPLOAD_PIXELS = 40_000_000  # non-JPEG images decode whole: ~160 MB as RGBA at this size
+MAX_JPEG_SCANS = 64             # a progressive photo has about 10; each extra scan is a pass over every block
+
+
+def open_upload(data: bytes, *, min_side: int, label: str = "the uploaded file") -> Image.Image:
+    """An uploaded photo's bytes as an upright RGB image, decoded at about the size the model needs.
+
+    Refused with ``ImageReadError`` before any pixel is decoded: a format other than JPEG, PNG,
+    WebP or GIF; a JPEG with more than ``MAX_JPEG_SCANS`` scans (each costs a pass over the whole
+    image: a few bytes can cost minutes); a JPEG above Pillow's bomb limit (89.5 Mpx) or another
+    format above ``MAX_UPLOAD_PIXELS``; an absurd aspect ratio. A JPEG is decoded reduced by DCT
+    scaling to no less than ``2 * min_side`` on each side (the model sees ``min_side`` pixels).
+    """
+    if data[:2] == b"\xff\xd8" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # SOS markers: 0xFF is stuffed in scans
+        raise ImageReadError(f"cannot use image {label}: a JPEG with more than {MAX_JPEG_SCANS} scans is not a photo")
+    Image.init()  # every format plugin registered (WebP is not by default)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+            check_size(*image.size)
+            if image.format not in ("JPEG", "MPO") and image.size[0] * image.size[1] > MAX_UPLOAD_PIXELS:
+                raise ImageShapeError(f"{image.size[0]} x {image.size[1]} pixels is more than a photo needs "
+                                      f"(at most {MAX_UPLOAD_PIXELS // 1_000_000} Mpx unless it is a JPEG)")
+            if image.format in ("JPEG", "MPO"):
+                image.draft("RGB", (2 * min_side, 2 * min_side))
+            image.load()
+            if getattr(image, "is_animated", False):
+                image.seek(0)
+    except ImageReadError as err:
+        raise type(err)(f"cannot use image {label}: {err}") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"cannot read image {label}: not a JPEG, PNG, WebP or GIF image") from None
+    except Exception as err:  # decoders raise OSError, SyntaxError, ValueError, MemoryError, struct.error...
+        raise ImageReadError(f"cannot read image {label}: {err or type(err).__name__}") from None
+    ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double a large photo's cost
+    return image.convert("RGB") if image.mode != "RGB" else image
 
 
 def _decode(handle: IO[bytes]) -> Image.Image:

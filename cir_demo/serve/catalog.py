@@ -11,7 +11,6 @@ truth filled in, and ranks every known triplet in one batch through the same cod
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import random
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from cir_demo.data.records import Triplet, query_captions
 from cir_demo.index import GalleryIndex
-from cir_demo.pipeline.encode import open_image
+from cir_demo.pipeline.encode import open_upload
 from cir_demo.serve.checks import MAX_NAME_CHARS, QueryError, choice, image_name, whole
 from cir_demo.serve.engine import Engine
 from cir_demo.serve.results import GalleryInfo, Page, SearchResult, SplitRanks, TripletRank
@@ -156,18 +155,13 @@ class Catalog:
                 roots.add(record.image_root.resolve())
         return sorted(roots)
 
-    @staticmethod
-    def open_upload(data: bytes) -> Image.Image:
-        """An uploaded photo (its bytes) as an upright RGB image.
-
-        The header is checked before any pixel is decoded (bombs, absurd shapes) and EXIF
-        orientation applied; a bad file raises ``ImageReadError`` naming "the uploaded file".
-        """
+    def open_upload(self, gallery: str, data: bytes) -> Image.Image:
+        """An uploaded photo (its bytes) as an upright RGB image, decoded at about the size
+        ``gallery``'s model needs (``cir_demo.pipeline.encode.open_upload``: formats, scans and
+        pixels are checked before any pixel is decoded); a bad file raises ``ImageReadError``."""
         if not isinstance(data, (bytes, bytearray)) or not data:
             raise QueryError("the uploaded file is empty: it holds no image")
-        image = open_image(io.BytesIO(data), label="the uploaded file")
-        ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double a large photo's cost
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return open_upload(bytes(data), min_side=self.engine_for(gallery).clip.image_size)
 
     def upload_features(self, gallery: str, image: Image.Image) -> torch.Tensor:
         """Raw features (1, D) on the CPU of an uploaded image, by ``gallery``'s model."""
@@ -175,7 +169,7 @@ class Catalog:
 
     def encode_upload(self, gallery: str, data: bytes) -> torch.Tensor:
         """``upload_features`` of ``open_upload(data)``."""
-        return self.upload_features(gallery, self.open_upload(data))
+        return self.upload_features(gallery, self.open_upload(gallery, data))
 
     def open_image(self, gallery: str, name: str) -> Image.Image:
         with Image.open(self.image_path(gallery, name)) as image:

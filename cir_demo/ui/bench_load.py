@@ -1,11 +1,13 @@
-"""Load: N concurrent ``gradio_client`` users searching a launched app, on loopback only.
+"""Load on a ``python app.py`` process, from clients in this one, on loopback only.
 
-    python -m cir_demo.ui.bench_load [--users 32] [--queries 20] [--url http://127.0.0.1:7860/]
+    python -m cir_demo.ui.bench_load [--users 32] [--queries 20] [--url URL | --app-dir DIR] [--heavy]
 
-Without ``--url`` the built-in app is launched in this process on a free loopback port. Every
-user is a thread with its own client (its own session) sending gallery-reference searches at
-K=50, back to back; the run is bounded by ``--queries`` per user and ``--max-seconds``. Prints one
-JSON line: users, requests, errors, throughput, p50/p95/p99 latency, the CPU model.
+Users: N concurrent ``gradio_client`` clients (own session each) sending gallery-reference searches
+at K=50 back to back (``--think`` adds a pause), bounded by ``--queries`` per user and
+``--max-seconds``: errors, throughput, p50/p95/p99. ``--heavy``: one client's search p95 alone, then
+while another client keeps the heavy group busy (ranking every validation split, uploading an
+88 Mpx image). The server runs as its own process (its own interpreter lock), as it does in
+production; the clients share this machine's cores with it. Prints JSON lines with the CPU model.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
-import numpy as np
-
+from cir_demo.config import PROJECT_DIR
 from cir_demo.config.runtime import cpu_description
+from cir_demo.ui.bench_app import app_process, percentiles
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -34,23 +38,32 @@ class LoadResult:
     seconds: float = 0.0
 
     def summary(self) -> dict:
-        lat = np.asarray(self.latencies_ms or [float("nan")])
+        stats = percentiles(self.latencies_ms) if self.latencies_ms else {}
         return {"users": self.users, "requests": len(self.latencies_ms) + len(self.errors),
                 "errors": len(self.errors), "first_errors": self.errors[:3],
                 "throughput_per_s": round(len(self.latencies_ms) / max(self.seconds, 1e-9), 2),
-                "p50_ms": round(float(np.percentile(lat, 50)), 1), "p95_ms": round(float(np.percentile(lat, 95)), 1),
-                "p99_ms": round(float(np.percentile(lat, 99)), 1), "seconds": round(self.seconds, 1)}
+                **{f"{k}_ms" if k != "n" else k: v for k, v in stats.items()}, "seconds": round(self.seconds, 1)}
 
 
-def make_cases(catalog, count: int, seed: int = 0) -> list[tuple]:
-    """(gallery, reference, caption) gallery-reference queries drawn from the catalog's triplets."""
+def make_cases(url: str, count: int, seed: int = 0) -> list[tuple]:
+    """(gallery, reference, caption) gallery-reference queries, asked of the app itself."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    galleries = [g["name"] for g in client.predict(api_name="/galleries")]
     rng = random.Random(seed)
     cases = []
     for _ in range(count):
-        gallery = rng.choice([g.name for g in catalog.galleries()])
-        reference = catalog.random_reference(gallery, rng=rng)
-        cases.append((gallery, reference, rng.choice(catalog.suggestions(gallery, reference) or ["is darker"])))
+        gallery = rng.choice(galleries)
+        pick = client.predict(gallery, api_name="/random_reference")
+        cases.append((gallery, pick["reference"], rng.choice(pick["captions"] or ["is darker"])))
     return cases
+
+
+def check_loopback(url: str) -> None:
+    host = urlparse(url).hostname or ""
+    if host not in LOOPBACK:
+        raise ValueError(f"load is only ever sent to this machine (loopback), not to {host!r}")
 
 
 def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seconds: float = 120.0,
@@ -59,9 +72,7 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
     each user pauses ``think_s`` after every answer (0: back to back, the harshest case)."""
     from gradio_client import Client
 
-    host = urlparse(url).hostname or ""
-    if host not in LOOPBACK:
-        raise ValueError(f"load is only ever sent to this machine (loopback), not to {host!r}")
+    check_loopback(url)
     result, lock = LoadResult(users), threading.Lock()
     deadline = time.perf_counter() + max_seconds
     clients = [Client(url, verbose=False) for _ in range(users)]
@@ -77,8 +88,7 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
             start = time.perf_counter()
             try:
                 out = clients[i].predict(gallery, reference, caption, 50, "combiner", api_name="/search")
-                ok = len(out["hits"]) == 50
-                error = None if ok else f"{len(out['hits'])} hits"
+                error = None if len(out["hits"]) == min(50, len(out["hits"])) and out["hits"] else "no hits"
             except Exception as err:  # noqa: BLE001 - every failure is counted and reported
                 error = f"{type(err).__name__}: {str(err)[:120]}"
             elapsed = (time.perf_counter() - start) * 1000
@@ -97,6 +107,54 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
     return result
 
 
+def heavy_work(url: str, stop: threading.Event) -> None:
+    """Keep the app's heavy work busy: rank every split under every composer, upload a huge image."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    client = Client(url, verbose=False)
+    with tempfile.TemporaryDirectory(prefix="cir-heavy-") as folder:
+        big = Path(folder) / "huge.png"
+        Image.new("RGB", (9400, 9400), (120, 30, 30)).save(big, compress_level=1)
+        galleries = [g["name"] for g in client.predict(api_name="/galleries")]
+        jobs = [("browse", g, c) for g in galleries for c in ("combiner", "sum", "image", "text")]
+        while not stop.is_set():
+            job = jobs.pop(0) if jobs else ("upload",)
+            try:
+                if job[0] == "browse":
+                    client.predict(job[1], job[2], "all", 10, "", "worst first", api_name="/browse")
+                else:
+                    client.predict(handle_file(str(big)), api_name="/ui_upload")
+            except Exception:  # noqa: BLE001 - the heavy side only has to keep the server busy
+                pass
+
+
+def run_head_of_line(url: str, cases: list[tuple], searches: int = 60) -> dict:
+    """One client's search p95 alone, then while another keeps the heavy group busy."""
+    from gradio_client import Client
+
+    check_loopback(url)
+    client = Client(url, verbose=False)
+
+    def searches_ms() -> list:
+        out = []
+        for gallery, reference, caption in cases[:searches]:
+            start = time.perf_counter()
+            client.predict(gallery, reference, caption, 50, "combiner", api_name="/search")
+            out.append((time.perf_counter() - start) * 1000)
+        return out
+
+    idle = percentiles(searches_ms())
+    stop = threading.Event()
+    worker = threading.Thread(target=heavy_work, args=(url, stop), daemon=True)
+    worker.start()
+    time.sleep(2.0)  # the heavy side has started its first job
+    busy = percentiles(searches_ms())
+    stop.set()
+    worker.join(120)
+    return {"idle": idle, "while_heavy": busy, "p95_ratio": round(busy["p95"] / idle["p95"], 2)}
+
+
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cir_demo.ui.bench_load", description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=32)
@@ -104,23 +162,26 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--think", type=float, default=0.0,
                         help="mean seconds a user pauses after each answer (default 0: back to back)")
-    parser.add_argument("--url", default=None, help="a running app on this machine (default: launch one)")
+    parser.add_argument("--url", default=None, help="a running app on this machine (default: launch app.py)")
+    parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR, help="the checkout whose app.py runs")
+    parser.add_argument("--heavy", action="store_true", help="also: search p95 while the heavy group is busy")
     args = parser.parse_args(argv)
-    from cir_demo.ui.bench_app import free_port
-    from cir_demo.ui.serve import build_app, launch
 
-    demo, catalog = build_app(None, progress=False)
-    url = args.url
-    if url is None:
-        port = free_port()
-        launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-        url = f"http://127.0.0.1:{port}/"
-    result = run_load(url, make_cases(catalog, 500), users=args.users, queries=args.queries,
-                      max_seconds=args.max_seconds, think_s=args.think)
-    print(json.dumps({"bench": "app_load_search_k50", "think_s": args.think, "clients": "gradio_client, in this process",
-                      **result.summary(), **cpu_description()}), flush=True)
-    if args.url is None:
-        demo.close()
+    def measure(url: str) -> None:
+        cases = make_cases(url, 200)
+        result = run_load(url, cases, users=args.users, queries=args.queries, max_seconds=args.max_seconds,
+                          think_s=args.think)
+        print(json.dumps({"bench": "app_load_search_k50", "think_s": args.think, **result.summary(),
+                          **cpu_description()}), flush=True)
+        if args.heavy:
+            print(json.dumps({"bench": "app_search_while_heavy", **run_head_of_line(url, cases),
+                              **cpu_description()}), flush=True)
+
+    if args.url:
+        measure(args.url)
+        return 0
+    with tempfile.TemporaryDirectory(prefix="cir-load-") as cache, app_process(args.app_dir, cache) as (_, url, _):
+        measure(url)
     return 0
 
 

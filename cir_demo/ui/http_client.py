@@ -1,5 +1,6 @@
-"""A stranger's client: Gradio's queue and upload routes spoken over raw HTTP (no gradio_client),
-so tests can send any payload to any event by ``fn_index``, as anyone on the internet can."""
+"""Gradio's queue and upload routes spoken over raw HTTP, as a browser (or a stranger) speaks them:
+any payload to any event by ``fn_index``, and a page action followed through its chained events.
+Used by the app's benchmarks and by the tests that attack the launched app."""
 
 from __future__ import annotations
 
@@ -62,6 +63,26 @@ def join(base: str, index: Any, data: Any, *, session: Optional[str] = None, hea
                               output=output.get("data"))
                 return result
     return result
+
+
+def action_events(base: str, component_id: int, trigger: str) -> list[int]:
+    """The server events one page action sends, in order: the events the trigger starts and the ones
+    chained after them (``.then`` / ``.success``), without those that run only in the browser."""
+    deps = events(base)
+    todo = [i for i, d in deps.items() if [component_id, trigger] in [list(t) for t in d.get("targets", [])]]
+    order = []
+    while todo:
+        index = todo.pop(0)
+        if deps[index].get("backend_fn", True):
+            order.append(index)
+        todo += [i for i, d in deps.items() if d.get("trigger_after") == index]
+    return order
+
+
+def element(base: str, elem_id: str) -> int:
+    """The component id of the page element ``elem_id``."""
+    config = get_json(base + "config")
+    return next(c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == elem_id)
 
 
 def upload(base: str, name: str, data: bytes) -> tuple[int, Any]:

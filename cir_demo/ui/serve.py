@@ -72,17 +72,18 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
     every size a stranger controls bounded (``cir_demo.ui.limits``)."""
     from starlette.middleware import Middleware
 
+    from cir_demo.ui.guard import RequestGuard, event_inputs
     from cir_demo.ui.layout import css
-    from cir_demo.ui.limits import (MAX_QUEUE, MAX_UPLOAD_BYTES, SESSION_CAPACITY, BodyLimit,
-                                    session_reaper)
+    from cir_demo.ui.limits import MAX_QUEUE, MAX_UPLOAD_BYTES, SESSION_CAPACITY, session_reaper
+    from cir_demo.ui.uploads import upload_folder
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop (Docker, Spaces) runs the exit clean-up
     host = host or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", 0) or 0) or None
     demo.queue(default_concurrency_limit=2, max_size=MAX_QUEUE)
-    app_kwargs = {"middleware": [Middleware(BodyLimit, valid_events=lambda: set(demo.fns))],
-                  "lifespan": session_reaper()}
+    app_kwargs = {"middleware": [Middleware(RequestGuard, inputs=event_inputs(demo), upload_folder=upload_folder)],
+                  "lifespan": session_reaper(upload_folder=upload_folder)}
     return demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],
                        max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSION_CAPACITY,
                        app_kwargs=app_kwargs, **kwargs)
