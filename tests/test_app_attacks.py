@@ -326,3 +326,13 @@ def _encode(fmt: str, size, **kwargs) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (30, 60, 90)).save(buffer, fmt, **kwargs)
     return buffer.getvalue()
+
+
+def test_the_guard_reads_the_pages_own_events(app, base):
+    from cir_demo.ui.guard import event_tables
+
+    tables = event_tables(app[0])
+    assert {upload_index(base), fn_index(base, "ui_browse"), fn_index(base, "browse")} <= tables["heavy_events"]()
+    assert fn_index(base, "ui_search") not in tables["heavy_events"]()
+    assert tables["inputs"]()[fn_index(base, "search")] == 5 and tables["inputs"]()["search"] == 5
+    assert tables["heavy_waiting"]() == 0

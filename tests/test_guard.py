@@ -120,3 +120,16 @@ def test_empty_upload_folders_are_swept_once_old(tmp_path):
     assert not old.exists() and fresh.exists() and full.exists()
     os.utime(old.parent, (past, past))
     assert remove_empty_folders(tmp_path) == 1 and not old.parent.exists()
+
+
+def test_heavy_events_wait_only_so_deep(tmp_path):
+    from cir_demo.ui.guard import MAX_HEAVY_WAITING
+
+    app, waiting = Recorder(), [0]
+    guard = RequestGuard(app, inputs=lambda: INPUTS, upload_folder=lambda: tmp_path,
+                         heavy_events=lambda: {14}, heavy_waiting=lambda: waiting[0])
+    upload_event = join(14, [None, None])
+    assert call(guard, "POST", "/gradio_api/queue/join", upload_event) == 200
+    waiting[0] = MAX_HEAVY_WAITING
+    assert call(guard, "POST", "/gradio_api/queue/join", upload_event) == 503
+    assert call(guard, "POST", "/gradio_api/queue/join", join(4, ["a", "b", "c", 5, "d"])) == 200  # searches go on

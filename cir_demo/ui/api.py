@@ -19,6 +19,7 @@ import gradio as gr
 
 from cir_demo.serve.catalog import Catalog
 from cir_demo.ui.browse import browse as browse_rows
+from cir_demo.ui.guard import HEAVY
 from cir_demo.ui.handlers import user_facing
 
 
@@ -70,4 +71,4 @@ def register(catalog: Catalog) -> None:
 
     for fn in (galleries, page, random_reference, captions, search, compare):
         gr.api(fn, api_name=fn.__name__, concurrency_id="light", concurrency_limit=2)
-    gr.api(browse, api_name="browse", concurrency_id="heavy", concurrency_limit=1)  # a batch pass when cold
+    gr.api(browse, api_name="browse", concurrency_id=HEAVY, concurrency_limit=1)  # a batch pass when cold

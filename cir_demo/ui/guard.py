@@ -5,6 +5,8 @@
   URLs (the server would fetch any public URL a client names and stream it back).
 * Bodies are bounded: an upload by ``upload_limit`` (and refused while the upload folder holds
   more than ``upload_quota``), any other body by ``json_limit``.
+* Heavy events (uploads, batch ranking) wait at most ``MAX_HEAVY_WAITING`` deep: a flood of them
+  cannot fill the queue the searches share (a stranger once filled all 256 places with uploads).
 * An event's JSON is checked before Gradio stores it in the session: the event exists, gets as
   many inputs as it has, and every value is small and flat (a string of at most ``MAX_VALUE_CHARS``,
   a number, or a short list / dict such as a file record). Gradio keeps each input's last value per
@@ -25,6 +27,8 @@ MAX_VALUE_CHARS = 2048    # a caption is at most 1,000 characters, a server path
 MAX_ITEMS = 16            # elements of a list / keys of a dict in one value (a file record has 7)
 MAX_DEPTH = 3             # a file record is {"meta": {"_type": ...}}: depth 2
 DRAIN_BYTES = 64 * 2 ** 20  # past this a refused body's sender just sees the connection close
+MAX_HEAVY_WAITING = 16      # heavy events queued at once (they run one at a time)
+HEAVY = "heavy"             # the concurrency group of heavy events (cir_demo.ui.layout)
 BLOCKED_PREFIXES = ("/gradio_api/deep_link", "/gradio_api/monitoring", "/monitoring", "/gradio_api/component_server",
                     "/gradio_api/file=http", "/gradio_api/file=//", "/gradio_api/proxy=", "/file=http", "/proxy=")
 
@@ -89,8 +93,10 @@ class RequestGuard:
 
     def __init__(self, app, *, inputs: Callable[[], dict], upload_folder: Callable[[], Path],
                  json_limit: int = MAX_JSON_BYTES, upload_limit: int = MAX_UPLOAD_BYTES + 2 ** 20,
-                 upload_quota: int = UPLOAD_QUOTA_BYTES):
+                 upload_quota: int = UPLOAD_QUOTA_BYTES, heavy_waiting: Callable[[], int] = lambda: 0,
+                 heavy_events: Callable[[], set] = set):
         self.app, self.inputs = app, inputs
+        self.heavy_waiting, self.heavy_events = heavy_waiting, heavy_events
         self.json_limit, self.upload_limit, self.upload_quota = json_limit, upload_limit, upload_quota
         self.uploaded = FolderSize(upload_folder)
 
@@ -155,6 +161,8 @@ class RequestGuard:
         if path.rstrip("/").endswith("/queue/join"):
             if index is not None and (isinstance(index, bool) or index not in known):
                 return 422, "unknown event (fn_index)"
+            if index in self.heavy_events() and self.heavy_waiting() >= MAX_HEAVY_WAITING:
+                return 503, "the server is busy with uploads and batch ranking; please try again in a minute"
         elif "/run/" in path or "/call/" in path:
             index = name if name in known else None
             if index is None:
@@ -198,19 +206,23 @@ class RequestGuard:
             await _respond(send, 413, f"request body larger than {limit:,} bytes")
 
 
-def event_inputs(demo) -> Callable[[], dict]:
-    """{fn_index: input count, api name: input count} of the page's events, for ``RequestGuard``."""
-    def table() -> dict:
-        out = {}
-        for index, fn in demo.fns.items():
-            out[index] = len(fn.inputs)
-            if getattr(fn, "api_name", None):
-                out[fn.api_name] = len(fn.inputs)
-        return out
+def event_tables(demo) -> dict:
+    """What ``RequestGuard`` needs to know of the page's events (read once, on first use)."""
     cached: dict = {}
 
-    def lookup() -> dict:
+    def table(key: str):
         if not cached:
-            cached.update(table())
-        return cached
-    return lookup
+            inputs, heavy = {}, set()
+            for index, fn in demo.fns.items():
+                inputs[index] = len(fn.inputs)
+                if getattr(fn, "api_name", None):
+                    inputs[fn.api_name] = len(fn.inputs)
+                if getattr(fn, "concurrency_id", None) == HEAVY:
+                    heavy.add(index)
+            cached.update(inputs=inputs, heavy=heavy)
+        return cached[key]
+
+    def heavy_waiting() -> int:
+        queues = getattr(getattr(demo, "_queue", None), "event_queue_per_concurrency_id", {})
+        return len(getattr(queues.get(HEAVY), "queue", []))
+    return {"inputs": lambda: table("inputs"), "heavy_events": lambda: table("heavy"), "heavy_waiting": heavy_waiting}

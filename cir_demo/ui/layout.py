@@ -16,7 +16,7 @@ import gradio as gr
 
 from cir_demo.serve.catalog import Catalog
 from cir_demo.serve.checks import MAX_CAPTION_CHARS
-from cir_demo.ui import api
+from cir_demo.ui import api, guard
 from cir_demo.ui import session as S
 from cir_demo.ui.browse import OUTCOMES, SORTS
 from cir_demo.ui.grid import thumb_grid
@@ -27,7 +27,7 @@ from cir_demo.ui.zerogpu import gpu_catalog
 CSS_FILE = Path(__file__).with_name("style.css")
 PRIVATE = {"api_visibility": "undocumented"}
 LIGHT = {"concurrency_id": "light", "concurrency_limit": 2, **PRIVATE}
-HEAVY = {"concurrency_id": "heavy", "concurrency_limit": 1, **PRIVATE}
+HEAVY = {"concurrency_id": guard.HEAVY, "concurrency_limit": 1, **PRIVATE}
 
 # What runs in the browser only (no server round trip).
 URL_JS = ("(q) => { if (!q || q.startsWith('http')) { return q; } history.replaceState(null, '', '?' + q); "

@@ -72,7 +72,7 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
     every size a stranger controls bounded (``cir_demo.ui.limits``)."""
     from starlette.middleware import Middleware
 
-    from cir_demo.ui.guard import RequestGuard, event_inputs
+    from cir_demo.ui.guard import RequestGuard, event_tables
     from cir_demo.ui.layout import css
     from cir_demo.ui.limits import MAX_QUEUE, MAX_UPLOAD_BYTES, SESSION_CAPACITY, session_reaper
     from cir_demo.ui.uploads import upload_folder
@@ -82,7 +82,7 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
     host = host or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", 0) or 0) or None
     demo.queue(default_concurrency_limit=2, max_size=MAX_QUEUE)
-    app_kwargs = {"middleware": [Middleware(RequestGuard, inputs=event_inputs(demo), upload_folder=upload_folder)],
+    app_kwargs = {"middleware": [Middleware(RequestGuard, upload_folder=upload_folder, **event_tables(demo))],
                   "lifespan": session_reaper(upload_folder=upload_folder)}
     return demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],
                        max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSION_CAPACITY,
