@@ -3,6 +3,8 @@
 Timings are injected (``time_call``), so no test depends on this machine's speed.
 """
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -71,13 +73,27 @@ def test_int8_combiner_serves_through_the_composer(combiner):
     assert torch.allclose(composition.features.norm(dim=-1), torch.ones(2), atol=1e-4)
 
 
+def test_int8_weights_round_trip_exactly():
+    """The int8 weights are round(w / scale) per output channel, with scale = max|w| / 127."""
+    torch.manual_seed(1)
+    linear = nn.Linear(40, 12)
+    layer = Q.DynamicInt8Linear(linear)
+    qweight, _ = torch.ops.quantized.linear_unpack(layer._packed)
+    scale = linear.weight.detach().abs().amax(dim=1, keepdim=True).double() / 127
+    want = torch.round(linear.weight.detach().double() / scale).clamp(-127, 127)
+    assert torch.equal(qweight.int_repr().double(), want)
+    assert torch.allclose(qweight.q_per_channel_scales(), scale[:, 0])
+
+
 def test_quantized_linears_match_float():
     torch.manual_seed(0)
     linear = nn.Linear(64, 32)
     x = torch.randn(3, 5, 64)  # leading dims pass through, as the text tower's (B, L, W)
     with torch.no_grad():
         expected = linear(x)
-        layers = [Q.DynamicInt8Linear(linear), Q.DynamicFp16Linear(linear)]
+        fp16w = Q.quantize_linears(nn.Sequential(copy.deepcopy(linear)), "fp16w")[0]
+        assert type(fp16w).__module__.startswith("torch.ao")  # torch's own dynamic fp16 Linear
+        layers = [Q.DynamicInt8Linear(linear), fp16w]
         if Q.full_range_int8_exact():  # 8-bit activations saturate on AVX2 kernels (int16 pair sums)
             layers.append(Q.DynamicInt8Linear(linear, reduce_range=False))
         for layer in layers:
