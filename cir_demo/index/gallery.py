@@ -1,7 +1,8 @@
 """`Gallery`: exact nearest-neighbour search over gallery features resident on one device.
 
 The gallery is normalised once at construction and kept on the device in a fast scan dtype
-(fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), next to the raw fp16 features. Every
+(fp16 on CUDA; on a CPU whichever of fp32 / bf16 / fp16 ran the whole exact top-k fastest when
+timed once per process, see ``resolve_dtype``), next to the raw fp16 features. Every
 search scans the whole gallery in that dtype, then rescores with the canonical fp32 score
 (`kernels.pair_scores`) every row the scan's error bound cannot rule out (see
 `cir_demo.index.kernels`). Results therefore equal ranking every stored row by its canonical

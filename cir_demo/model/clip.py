@@ -197,6 +197,9 @@ def vision_architecture_json(model_config: dict) -> str:
 def make_tokenizer(model_name: str, model_config: dict, *, cache_dir: Optional[str] = None) -> Callable:
     """The tokenizer ``open_clip.get_tokenizer`` would give, chosen from a config dict.
 
+    Ours, not a call to ``open_clip.get_tokenizer``: that needs a registered model name, while our
+    checkpoints rebuild from the config they carry, and it would try downloads offline.
+
     Follows open_clip 3.3's rules without needing ``model_name`` registered (our checkpoints
     rebuild from a config): ``text_cfg.hf_tokenizer_name`` (or an ``hf-hub:`` name) -> HF
     tokenizer, a SigLIP name -> SigLIP tokenizer, else ``SimpleTokenizer``; ``tokenizer_kwargs``

@@ -225,17 +225,6 @@ def _capture_inference(tower: TextTower, bucket: int) -> GraphEntry:
             return GraphEntry(static_in, None, None)
 
 
-def resolve_text_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The float dtype of a precision name; "auto" without probing: fp16 on CUDA, else fp32.
-
-    Kept for callers that need a plain dtype; CPU precisions are chosen by ``make_text_tower`` /
-    ``choose_combiner_precision``, which time the candidates on this machine.
-    """
-    if precision != "auto":
-        return dtype_of(precision, "text precision ('auto' or a precision)")
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
 def text_candidates(model: nn.Module, device: torch.device) -> tuple[str, ...]:
     """Precisions worth probing for this model on this device."""
     if device.type != "cpu" or not supports_truncation(model):

@@ -9,11 +9,13 @@ input. Signatures (also in the README):
 * ``captions(gallery, reference) -> list[str]``
 * ``search(gallery, reference, caption, k=50, composer="combiner") -> SearchResult as a dict``
 * ``compare(gallery, reference, caption, k=10) -> {composer: SearchResult as a dict}``
-* ``browse(gallery, composer="combiner", outcome="all", hit_at=10, words="", sort="worst first")
-  -> {"summary", "headers", "rows"}``
+* ``browse(gallery, composer="combiner", outcome="all", hit_at=10, words="", sort="worst first",
+  rank_min=None, rank_max=None) -> {"summary", "headers", "rows"}``
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import gradio as gr
 
@@ -63,10 +65,11 @@ def register(catalog: Catalog) -> None:
 
     @user_facing
     def browse(gallery: str, composer: str = "combiner", outcome: str = "all", hit_at: int = 10,
-               words: str = "", sort: str = "worst first") -> dict:
+               words: str = "", sort: str = "worst first", rank_min: Optional[int] = None,
+               rank_max: Optional[int] = None) -> dict:
         """Every validation triplet with its target's rank (filtered, sorted) and the summary figures."""
         _, headers, body = browse_rows(catalog, gallery, composer, outcome=outcome, hit_at=hit_at, words=words,
-                                       sort=sort)
+                                       sort=sort, rank_min=rank_min, rank_max=rank_max)
         return {"summary": catalog.rank_split(gallery, composer).summary, "headers": headers, "rows": body}
 
     for fn in (galleries, page, random_reference, captions, search, compare):

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 from cir_demo.config import PROJECT_DIR
 from cir_demo.serve.deploy import CONFIG_ENV
@@ -87,14 +87,6 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
     return demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],
                        max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSION_CAPACITY,
                        app_kwargs=app_kwargs, **kwargs)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="app.py", description="The composed image retrieval demo.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    run(args)
-    return 0
 
 
 def run(args: argparse.Namespace) -> int:
