@@ -87,3 +87,25 @@ def app(tmp_path_factory):
         else:
             os.environ["CIR_DEMO_CACHE"] = old
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def folder_app(app, tmp_path_factory):
+    """``python app.py --images FOLDER``: the built-in galleries and a folder of images, launched."""
+    import numpy as np
+    from PIL import Image
+
+    from cir_demo.ui.serve import build_app, launch
+
+    root = tmp_path_factory.mktemp("mine") / "my photos"
+    root.mkdir()
+    for i in range(9):
+        rng = np.random.default_rng(40 + i)
+        pixels = np.clip(rng.normal(rng.integers(0, 256, 3), 30, (80, 60 + i, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"p{i}.jpg")
+    (root / "broken.png").write_bytes(b"\x89PNG not really")
+    demo, catalog = build_app(None, progress=False, device="cpu", images=str(root))
+    port = free_port()
+    launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    yield demo, catalog, f"http://127.0.0.1:{port}/", root
+    demo.close()

@@ -270,3 +270,23 @@ def test_a_link_cannot_put_markup_on_the_page(page, app):
     page.wait_for_function("document.body.innerText.includes('unknown gallery')")
     assert page.locator("#evil-link, #evil-b, #evil-img").count() == 0
     assert '<a id="evil-link"' in page.locator("body").inner_text()  # shown as the text it is
+
+
+@pytest.fixture
+def folder_base(request):
+    return request.getfixturevalue("folder_app")[2]
+
+
+def test_a_folder_gallery_on_the_page(page, folder_base):
+    """Your own images: the page opens on them, says there is no ground truth, and searches them."""
+    open_app(page, folder_base, results=False)
+    page.wait_for_function("document.querySelector('#crumbs').innerText.includes('.jpg')")
+    assert "no validation triplets" in page.inner_text("#status")
+    assert result_count(page) == 0 and not page.locator("#examples").is_visible()
+    page.fill("#caption textarea", "is brighter")
+    tap(page, "#search-btn")
+    page.wait_for_function(f"document.querySelectorAll('{RESULTS}').length === 8")  # 9 images, the reference left out
+    assert "Top 8 of 9" in page.inner_text("#status") and "Target" not in page.inner_text("#status")
+    page.locator(RESULTS).nth(2).click()  # refine from a result
+    page.wait_for_function("document.querySelector('#crumbs').innerText.includes('→')")
+    assert no_horizontal_scroll(page)

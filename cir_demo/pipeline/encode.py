@@ -40,7 +40,8 @@ class EncodeError(ValueError):
     """The model produced NaN or infinite features (its weights are broken, or fp16 overflowed)."""
 
 
-def open_image(source: Union[str, Path, IO[bytes]], *, label: Optional[str] = None) -> Image.Image:
+def open_image(source: Union[str, Path, IO[bytes]], *, label: Optional[str] = None,
+               draft: Optional[int] = None) -> Image.Image:
     """Open and fully decode an image file (a path or a binary file object).
 
     Every failure is an ``ImageReadError`` naming the file (or ``label``, e.g. "the uploaded file",
@@ -48,6 +49,7 @@ def open_image(source: Union[str, Path, IO[bytes]], *, label: Optional[str] = No
     decompression bomb (refused from its header, before decoding), or a size that cannot be a
     photo (``ImageShapeError``, also from the header). Animated images give their first frame. The
     pixels are decoded once and not copied (an 89 Mpx image costs its ~360 MB once, not twice).
+    ``draft``: decode a JPEG reduced by DCT scaling to no less than ``draft`` pixels a side.
     """
     name = label or (source if isinstance(source, (str, os.PathLike)) else getattr(source, "name", "<image data>"))
     try:
@@ -55,8 +57,8 @@ def open_image(source: Union[str, Path, IO[bytes]], *, label: Optional[str] = No
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse, don't just warn
             if isinstance(source, (str, os.PathLike)):
                 with open(source, "rb") as handle:  # ours to close; the decoded pixels outlive it
-                    return _decode(handle)
-            return _decode(source)
+                    return _decode(handle, draft)
+            return _decode(source, draft)
     except ImageReadError as err:
         raise type(err)(f"cannot use image {name}: {err}") from None
     except UnidentifiedImageError:  # its message carries the file object's repr: say it plainly
@@ -106,9 +108,11 @@ def open_upload(data: bytes, *, min_side: int, label: str = "the uploaded file")
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
-def _decode(handle: IO[bytes]) -> Image.Image:
+def _decode(handle: IO[bytes], draft: Optional[int] = None) -> Image.Image:
     image = Image.open(handle)
     check_size(*image.size)  # from the header: nothing decoded yet
+    if draft and image.format in ("JPEG", "MPO"):
+        image.draft("RGB", (draft, draft))
     image.load()
     if getattr(image, "is_animated", False):
         image.seek(0)

@@ -25,6 +25,11 @@
     category = "dress"                            # FashionIQ only
     index = "{cache}/indexes/fashioniq-dress"     # optional (this is the default); built when missing or stale
 
+    [[bundles.galleries]]
+    name = "catalogue"
+    images = "~/Pictures/catalogue"               # any folder of images instead of data/split: no triplets;
+                                                  # indexed on first use, then only new or changed files
+
 Paths may use ``{project}`` (the source checkout), ``{cache}`` (the cache folder), ``{world}`` (the
 generated world) and ``{config}`` (the config file's folder); relative paths are taken from the
 config file's folder. Every error names the key (``bundles[0].galleries[1].split``).
@@ -55,7 +60,8 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class GallerySpec:
     name: str
-    data: str
+    data: Optional[str] = None       # a FashionIQ or CIRR folder ...
+    images: Optional[str] = None     # ... or any folder of images (no triplets)
     split: str = "val"
     category: Optional[str] = None
     index: Optional[str] = None
@@ -92,6 +98,29 @@ class Deployment:
 
     def gallery_names(self) -> list[str]:
         return [g.name for b in self.bundles for g in b.galleries]
+
+    def with_folder(self, folder: str, bundle: Optional[str] = None, name: Optional[str] = None) -> "Deployment":
+        """This deployment with a gallery of ``folder``'s images served first, by ``bundle`` (default:
+        the first one); its index lives in the cache, keyed by the folder's path."""
+        import hashlib
+        import re
+
+        path = Path(os.path.expanduser(folder)).resolve()
+        if not path.is_dir():
+            raise ConfigError(f"--images {folder}: not a folder")
+        names = [b.name for b in self.bundles]
+        bundle = bundle or names[0]
+        if bundle not in names:
+            raise ConfigError(f"--bundle {bundle!r}: not a bundle of {self.source} (its bundles: {', '.join(names)})")
+        name = name or (re.sub(r"[^A-Za-z0-9_-]+", "-", path.name).strip("-") or "images")
+        while name in self.gallery_names():
+            name += "-images"
+        key = hashlib.blake2b(str(path).encode(), digest_size=6).hexdigest()
+        spec = GallerySpec(name=name, images=str(path), index=str(self.cache_dir / "indexes" / f"{bundle}-folder-{key}"))
+        bundles = tuple(BundleSpec(**{**b.__dict__, "galleries": (spec, *b.galleries) if b.name == bundle
+                                      else b.galleries}) for b in self.bundles)
+        bundles = tuple(sorted(bundles, key=lambda b: b.name != bundle))  # its bundle first: the page opens on it
+        return Deployment(**{**self.__dict__, "bundles": bundles})
 
 
 # ---- reading and validating ------------------------------------------------------------------
@@ -162,10 +191,14 @@ def _bundle(value: Any, where: str, paths: dict, base: Path) -> BundleSpec:
 
 def _gallery(value: Any, where: str, paths: dict, base: Path, bundle: str) -> GallerySpec:
     table = _table(value, where)
-    _keys(table, where, required=("name", "data"), optional=("split", "category", "index", "label"))
+    _keys(table, where, required=("name",), optional=("data", "images", "split", "category", "index", "label"))
+    if ("data" in table) == ("images" in table):
+        raise ConfigError(f"{where} needs exactly one of data (a FashionIQ or CIRR folder) or images (any folder)")
     name = _name(table, where)
     index = _str(table, "index", where, default="") or f"{{cache}}/indexes/{bundle}-{name}"
-    return GallerySpec(name=name, data=_path(_str(table, "data", where), paths, base, f"{where}.data"),
+    folder = {key: _path(_str(table, key, where), paths, base, f"{where}.{key}") for key in ("data", "images")
+              if key in table}
+    return GallerySpec(name=name, **folder,
                        split=_choice(table, "split", where, SPLITS, default="val"),
                        category=_str(table, "category", where, default="") or None,
                        index=_path(index, paths, base, f"{where}.index"),

@@ -53,9 +53,14 @@ def load_deployment(deployment: Deployment | str | os.PathLike | None = None, *,
         engine_kwargs.setdefault("precision_record", deployment.cache_dir / PRECISION_RECORD)
         engine = catalog.add_bundle(Engine(clip, combiner, device=device, name=spec.name, **engine_kwargs))
         for gallery in spec.galleries:
-            dataset = open_dataset(gallery.data, gallery.split, gallery.category)
             index_path = Path(gallery.index)
             owned = _inside(index_path, deployment.cache_dir)
+            if gallery.images is not None:
+                index = ensure_folder_index(engine, Path(gallery.images), index_path, progress=progress, report=say,
+                                            owned=owned)
+                catalog.add_gallery(spec.name, gallery.name, index, label=gallery.label)
+                continue
+            dataset = open_dataset(gallery.data, gallery.split, gallery.category)
             index = ensure_index(engine, dataset, index_path, progress=progress, report=say, owned=owned)
             catalog.add_gallery(spec.name, gallery.name, index, dataset=dataset, label=gallery.label)
     say(f"ready: {len(catalog.galleries())} galleries in {len(catalog.bundles)} bundles "
@@ -68,6 +73,20 @@ def _inside(path: Path, folder: Path) -> bool:
         return Path(os.path.realpath(folder)) in Path(os.path.realpath(path)).parents
     except OSError:
         return False
+
+
+def ensure_folder_index(engine: Engine, folder: Path, path: Path, *, progress: bool = True, report: Report = print,
+                        owned: bool = True) -> GalleryIndex:
+    """A folder's index at ``path``, brought up to date: only new or changed files are encoded."""
+    from cir_demo.pipeline.folders import update_folder_index
+
+    if owned and path.exists() and not (path / "manifest.json").is_file():
+        shutil.rmtree(path, ignore_errors=True)  # ours and damaged: start over
+    start = time.perf_counter()
+    update = update_folder_index(engine.clip, folder, path, progress=progress,
+                                 rebuild_command="delete the folder; the app rebuilds it on start")
+    report(f"{folder}: {update.summary()} ({time.perf_counter() - start:.1f} s)")
+    return update.index
 
 
 # ---- the synthetic world ------------------------------------------------------------------------

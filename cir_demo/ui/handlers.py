@@ -208,12 +208,16 @@ class Handlers:
             reference, caption = curated or (self.catalog.random_reference(gallery), "")
         state = S.restart({}, gallery, {"name": reference})
         out = {**self._reference(state), **self._page(state), **self._no_results(gallery), **self._blank_compare()}
-        out.update({p.caption: caption, p.examples: gr.update(choices=EXAMPLES.get(info.dataset or "", []), value=None),
+        examples = EXAMPLES.get(info.dataset or "", [])
+        out.update({p.caption: caption, p.examples: gr.update(choices=examples, value=None, visible=bool(examples)),
                     p.upload_note: self._upload_note(gallery), p.composer: composer_update,
                     p.gallery: gr.update(value=gallery), p.k: k, p.browse_md: self._browse_intro(gallery),
                     p.triplets: [], p.browsed: None})
         if caption.strip():
             out.update(self._results(state, caption, k, composer))
+        elif not info.triplets:
+            out[p.status] = (f"**{info.label}** has no validation triplets, so no target is known: write how the "
+                             f"wanted image should differ, then Search.")
         return out
 
     def _blank_compare(self) -> dict:

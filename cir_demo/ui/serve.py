@@ -31,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-url", default=None,
                         help="the URL people open (QR code, share links); default: the config's, the Space's")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--images", default=None, metavar="FOLDER",
+                        help="also serve this folder of images as a gallery (first on the page): indexed on "
+                             "first use, then only new or changed files")
+    parser.add_argument("--bundle", default=None,
+                        help="the bundle (model) that serves --images (default: the config's first)")
 
 
 def own_temp_folder() -> str:
@@ -45,17 +50,22 @@ def own_temp_folder() -> str:
 
 
 def build_app(config: Optional[str] = None, *, public_url: Optional[str] = None, device: Optional[str] = None,
-              progress: bool = True):
-    """(demo, catalog): load the deployment (preparing what is missing), then build the page."""
+              progress: bool = True, images: Optional[str] = None, bundle: Optional[str] = None):
+    """(demo, catalog): load the deployment (preparing what is missing), then build the page;
+    ``images``: a folder served as one more gallery, first, by ``bundle``."""
     temp = own_temp_folder()  # before any component exists: each reads the folder when it is made
     import gradio as gr
 
+    from cir_demo.serve.deploy import read_config
     from cir_demo.serve.prepare import load_deployment
     from cir_demo.ui.layout import build_demo
     from cir_demo.ui.zerogpu import on_zerogpu, serving_device
 
     start = time.perf_counter()
-    catalog = load_deployment(config, device=device or serving_device(), progress=progress,
+    deployment = read_config(config)
+    if images:
+        deployment = deployment.with_folder(images, bundle)
+    catalog = load_deployment(deployment, device=device or serving_device(), progress=progress,
                               report=lambda line: print(line, file=sys.stderr, flush=True))
     if not on_zerogpu():  # there, no GPU work may happen outside a request
         catalog.warm_up()
@@ -90,6 +100,7 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
 
 
 def run(args: argparse.Namespace) -> int:
-    demo, _ = build_app(args.config, public_url=args.public_url, device=args.device)
+    demo, _ = build_app(args.config, public_url=args.public_url, device=args.device, images=args.images,
+                        bundle=args.bundle)
     launch(demo, host=args.host, port=args.port)
     return 0
