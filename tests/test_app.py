@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from cir_demo.config import PROJECT_DIR
@@ -23,7 +24,19 @@ def client(app):
 
 def test_endpoints_are_named_and_documented(client):
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/search", "/compare", "/random_reference", "/captions", "/browse", "/galleries", "/page"} <= named
+    assert {"/search", "/compare", "/random_reference", "/captions", "/browse", "/galleries", "/page", "/why"} <= named
+
+
+def test_why_through_the_api_equals_the_catalog(client, app):
+    _, catalog, _ = app
+    triplet = catalog.triplet("scenes", 2)
+    caption = catalog.query_caption(triplet)
+    got = client.predict("scenes", triplet.reference, caption, triplet.target, "combiner", api_name="/why")
+    want = catalog.explain("scenes", reference=triplet.reference, caption=caption, hit=triplet.target)
+    assert got["grid"] == [len(want.heat), len(want.heat[0])] and got["hit"] == triplet.target
+    assert [w["word"] for w in got["words"]] == caption.split()
+    assert got["score"] == pytest.approx(want.score, abs=1e-6)
+    assert torch.allclose(torch.tensor(got["heatmap"]), torch.tensor(want.heat), atol=1e-5)
 
 
 def test_galleries_page_captions_and_random(client, app):
@@ -154,7 +167,7 @@ def test_each_handler_answers_only_its_declared_outputs(app):
 
     import gradio as gr
 
-    from cir_demo.ui.handlers import Handlers
+    from cir_demo.ui.handlers import TAP_MODES, Handlers
     from cir_demo.ui.layout import build_page
 
     _, catalog, _ = app
@@ -170,8 +183,11 @@ def test_each_handler_answers_only_its_declared_outputs(app):
     calls = {"arrive": arrived, "switch_gallery": h.switch_gallery("scenes", "combiner", 10),
              "pick": h.pick(state, names, pick), "random": h.random(state), "back": h.back(state),
              "previous_page": h.previous_page(state), "next_page": h.next_page(state), "search": searched,
-             "refine": h.refine(state, searched[page.hit_names], pick), "compare": h.compare(state, "is red", 5),
+             "tap_result": h.tap_result(state, searched[page.hit_names], TAP_MODES[0], searched[page.last_query], pick),
+             "compare": h.compare(state, "is red", 5),
              "browse": browsed, "load_triplet": h.load_triplet(browsed[page.browsed], 10, "combiner", pick)}
+    why = h.tap_result(state, searched[page.hit_names], TAP_MODES[1], searched[page.last_query], pick)
+    assert set(why) == {page.why} and "Why #2" in why[page.why] and "data:image/jpeg;base64," in why[page.why]
     for name, out in calls.items():
         assert isinstance(out, dict) and out and set(out) <= set(h.outputs(name)), name
     assert len(searched[page.hit_names]) == 10 and "Top 10" in searched[page.status]

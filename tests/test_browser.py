@@ -290,3 +290,17 @@ def test_a_folder_gallery_on_the_page(page, folder_base):
     page.locator(RESULTS).nth(2).click()  # refine from a result
     page.wait_for_function("document.querySelector('#crumbs').innerText.includes('→')")
     assert no_horizontal_scroll(page)
+
+
+def test_why_a_result_ranks_where_it_does(page, app):
+    _, catalog, base = app
+    open_app(page, base)
+    page.get_by_label("explains why it ranks there").check()
+    before = crumbs(page)
+    assert events_during(page, lambda: page.locator(RESULTS).nth(1).click()) == 1
+    page.wait_for_selector("#why .why-panel img")
+    assert page.get_attribute("#why .why-panel img", "src").startswith("data:image/jpeg;base64,")
+    words = page.locator("#why .why-word").all_inner_texts()
+    assert words == page.input_value("#caption textarea").split() and crumbs(page) == before  # not refined
+    assert "Why #2" in page.inner_text("#why") and no_horizontal_scroll(page)
+    shot(page, "why", scroll_to="#why")

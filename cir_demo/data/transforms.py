@@ -207,7 +207,8 @@ class Preprocess:
                                   f"{geo.padded_w} x {geo.padded_h} canvas")
         return pad(image, geo.left, geo.top)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def crop(self, image: Image.Image) -> Image.Image:
+        """The ``S`` x ``S`` RGB picture the model sees: padded, resized and centre-cropped."""
         image = _rgb(image)
         geo = self.geometry(*image.size)
         canvas = geo.padded_pixels if (geo.left or geo.top) else 0  # pad() copies only when it pads
@@ -216,8 +217,10 @@ class Preprocess:
             geo = self.geometry(*image.size)
         image = pad(image, geo.left, geo.top)  # the paper's route: pad, bicubic resize, centre crop
         image = TF.resize(image, self.image_size, interpolation=TF.InterpolationMode.BICUBIC)
-        image = TF.center_crop(image, self.image_size)
-        tensor = TF.to_tensor(image)  # (3, S, S) in [0, 1]
+        return TF.center_crop(image, self.image_size)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        tensor = TF.to_tensor(self.crop(image))  # (3, S, S) in [0, 1]
         return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)
 
     def describe(self) -> dict:

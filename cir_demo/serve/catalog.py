@@ -256,6 +256,16 @@ class Catalog:
         return engine.compare(gallery, reference=reference, caption=caption, k=k, composers=composers,
                               **extra, **kwargs)
 
+    def explain(self, gallery: str, *, reference, caption: str, hit: str, composer: str = "combiner",
+                upload_features: Optional[torch.Tensor] = None):
+        """Why ``hit`` ranks where it does for this query: heat map and word weights (``Explanation``)."""
+        from cir_demo.serve.explain import explain
+
+        with Image.open(self.image_path(gallery, hit)) as image:
+            picture = image.convert("RGB")
+        return explain(self.engine_for(gallery), gallery, reference=reference, caption=caption, hit=hit,
+                       hit_image=picture, composer=composer, upload_features=upload_features)
+
     def _ground_truth(self, gallery: str, reference, caption, target: Optional[str]) -> dict:
         if target is not None:
             return {"target": target}

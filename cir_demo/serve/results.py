@@ -38,6 +38,27 @@ class SearchResult:
         return asdict(self)
 
 
+@dataclass
+class Explanation:
+    """Why one hit ranks where it does (``cir_demo.serve.explain``).
+
+    ``heat``: (h, w) cosine of each location of the hit's image with the composed query, over
+    ``view`` (the S x S picture the model saw); ``words``: (word, score drop without it) in
+    caption order; ``score``: the hit's score for the full query; ``ms``: time taken.
+    """
+    hit: str
+    score: float
+    heat: list
+    words: list
+    view: object = field(default=None, repr=False)
+    ms: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"hit": self.hit, "score": self.score, "heatmap": self.heat,
+                "grid": [len(self.heat), len(self.heat[0]) if self.heat else 0],
+                "words": [{"word": w, "delta": d} for w, d in self.words], "ms": self.ms}
+
+
 @dataclass(frozen=True)
 class GalleryInfo:
     """What a front end needs to list a gallery."""

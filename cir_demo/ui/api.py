@@ -9,6 +9,7 @@ input. Signatures (also in the README):
 * ``captions(gallery, reference) -> list[str]``
 * ``search(gallery, reference, caption, k=50, composer="combiner") -> SearchResult as a dict``
 * ``compare(gallery, reference, caption, k=10) -> {composer: SearchResult as a dict}``
+* ``why(gallery, reference, caption, hit, composer="combiner") -> {"hit", "score", "heatmap", "grid", "words", "ms"}``
 * ``browse(gallery, composer="combiner", outcome="all", hit_at=10, words="", sort="worst first",
   rank_min=None, rank_max=None) -> {"summary", "headers", "rows"}``
 """
@@ -72,6 +73,12 @@ def register(catalog: Catalog) -> None:
                                        sort=sort, rank_min=rank_min, rank_max=rank_max)
         return {"summary": catalog.rank_split(gallery, composer).summary, "headers": headers, "rows": body}
 
-    for fn in (galleries, page, random_reference, captions, search, compare):
+    @user_facing
+    def why(gallery: str, reference: str, caption: str, hit: str, composer: str = "combiner") -> dict:
+        """Why ``hit`` ranks where it does for this query: a heat map over the hit (where it agrees
+        with the composed query) and each caption word's effect on its score."""
+        return catalog.explain(gallery, reference=reference, caption=caption, hit=hit, composer=composer).to_dict()
+
+    for fn in (galleries, page, random_reference, captions, search, compare, why):
         gr.api(fn, api_name=fn.__name__, concurrency_id="light", concurrency_limit=2)
     gr.api(browse, api_name="browse", concurrency_id=HEAVY, concurrency_limit=1)  # a batch pass when cold

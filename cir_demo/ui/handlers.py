@@ -26,6 +26,7 @@ from cir_demo.ui.browse import browse_view
 from cir_demo.ui.grid import item
 from cir_demo.ui.links import parse_link, public_url, query_string
 from cir_demo.ui.qr import share_html
+from cir_demo.ui.why import why_html
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ EXAMPLES = {"fashioniq": ["is darker", "has long sleeves and is red", "is more f
             "cirr": ["change the background to pink", "add a small red ball on the left",
                      "remove the cubes", "make the objects larger"]}
 THUMB_PX = 160  # an upload is shown as a small in-memory thumbnail; the photo itself is not kept
+TAP_MODES = ("refines from it", "explains why it ranks there")
 
 
 def user_facing(fn):
@@ -118,14 +120,15 @@ class Handlers:
         p = page
         ref = [p.state, p.reference, p.crumbs, p.suggestions, p.back]
         pages = [p.state, p.picker, p.page_names, p.page_label]
-        search = [p.results, p.hit_names, p.status, p.details, p.group_md, p.group, p.results_json, p.link]
+        search = [p.results, p.hit_names, p.status, p.details, p.group_md, p.group, p.results_json, p.link, p.why,
+                  p.last_query]
         browse = [p.browse_md, p.triplets, p.browsed]
         gallery = [*ref, *pages[1:], *search, *browse, p.caption, p.examples, p.upload_note, p.composer, p.gallery,
                    p.k]
         compare = [*p.compare_md.values(), *p.compare_galleries.values()]
         self._outputs = {
             "arrive": [*gallery, *compare, p.share_md, p.qr], "switch_gallery": [*gallery, *compare],
-            "pick": ref, "random": ref, "back": ref, "upload": ref, "refine": ref,
+            "pick": ref, "random": ref, "back": ref, "upload": ref, "tap_result": [*ref, p.why],
             "previous_page": pages, "next_page": pages, "search": search, "compare": compare, "browse": browse,
             "load_triplet": [*ref, *search, p.caption, p.tabs]}
         for name in self._outputs:  # every handler answers with a message, never a stack trace
@@ -157,7 +160,8 @@ class Handlers:
 
     def _no_results(self, gallery: str) -> dict:
         p = self.p
-        return {p.results: [], p.hit_names: [], p.status: "", p.details: "", p.group_md: gr.update(visible=False),
+        return {p.results: [], p.hit_names: [], p.status: "", p.details: "", p.why: "", p.last_query: None,
+                p.group_md: gr.update(visible=False),
                 p.group: gr.update(visible=False, value=[]), p.results_json: None,
                 p.link: query_string(gallery, None, "", 50, "combiner")}
 
@@ -180,7 +184,8 @@ class Handlers:
                 p.group_md: gr.update(visible=bool(subset)), p.group: gr.update(visible=bool(subset), value=subset),
                 p.results_json: {"gallery": gallery, "reference": ref or "(uploaded image)",
                                  "caption": caption.strip(), **result.to_dict()},
-                p.link: query_string(gallery, ref, caption.strip(), k, composer) if ref else ""}
+                p.link: query_string(gallery, ref, caption.strip(), k, composer) if ref else "", p.why: "",
+                p.last_query: {"caption": caption.strip(), "composer": composer, "state": state}}
 
     def _query(self, state: dict) -> dict:
         step = S.current(state)
@@ -284,12 +289,19 @@ class Handlers:
         step = {"upload": features, "label": "your upload", "thumb": thumbnail_url(image)}
         return self._reference(S.push(state, step))
 
-    def refine(self, state, hits, evt: gr.SelectData):
-        """The tapped result becomes the new reference."""
+    def tap_result(self, state, hits, mode, last_query, evt: gr.SelectData):
+        """A tapped result: the new reference, or (in the other tap mode) why it ranks where it does."""
         state = _state(state)
         if not isinstance(hits, list) or not isinstance(evt.index, int) or not 0 <= evt.index < len(hits):
             raise QueryError("run a search first")
-        return self._reference(S.push(state, {"name": hits[evt.index]}))
+        if mode != TAP_MODES[1]:
+            return self._reference(S.push(state, {"name": hits[evt.index]}))
+        if not isinstance(last_query, dict):
+            raise QueryError("run a search first")
+        asked = last_query["state"]  # the query these results answer (the reference may have moved on)
+        why = self.catalog.explain(asked["gallery"], caption=last_query["caption"], hit=hits[evt.index],
+                                   composer=last_query["composer"], **self._query(asked))
+        return {self.p.why: why_html(why, evt.index + 1)}
 
     def previous_page(self, state):
         return self._turn(_state(state), -1)

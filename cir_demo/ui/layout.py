@@ -20,7 +20,7 @@ from cir_demo.ui import api, guard
 from cir_demo.ui import session as S
 from cir_demo.ui.browse import OUTCOMES, SORTS
 from cir_demo.ui.grid import thumb_grid
-from cir_demo.ui.handlers import COMPOSER_ORDER, UI_MAX_K, Handlers
+from cir_demo.ui.handlers import COMPOSER_ORDER, TAP_MODES, UI_MAX_K, Handlers
 from cir_demo.ui.uploads import UploadPhoto
 from cir_demo.ui.zerogpu import gpu_catalog
 
@@ -40,6 +40,8 @@ DOWNLOAD_JS = ("(data) => { if (!data) { return; } const blob = new Blob([JSON.s
 NAMES_JS = ("(on) => { for (const id of ['results', 'group']) { const e = document.getElementById(id); "
             "if (e) { e.classList.toggle('names', on); } } return on; }")
 COPY_JS = "(v) => v"
+SHOW_WHY_JS = ("() => { const e = document.getElementById('why'); "
+               "if (e && e.innerText.trim()) { e.scrollIntoView({behavior: 'smooth', block: 'nearest'}); } }")
 
 
 @dataclass
@@ -72,6 +74,9 @@ class Page:
     status: gr.Markdown
     details: gr.HTML
     names: gr.Checkbox
+    tap_mode: gr.Radio
+    why: gr.HTML
+    last_query: gr.State
     results: gr.HTML
     group_md: gr.Markdown
     group: gr.HTML
@@ -127,6 +132,8 @@ def _search_tab(first: str, composers: list) -> dict:
             upload_note = gr.Markdown(elem_id="upload-note")
     status = gr.Markdown(elem_id="status")
     details = gr.HTML(elem_id="details")
+    tap_mode = gr.Radio(list(TAP_MODES), value=TAP_MODES[0], label="Tapping a result", elem_id="tap-mode")
+    why = gr.HTML(elem_id="why")
     results = thumb_grid("results")
     group_md = gr.Markdown("The reference's group, ranked (CIRR's subset protocol):", visible=False,
                            elem_id="group-label")
@@ -138,7 +145,7 @@ def _search_tab(first: str, composers: list) -> dict:
     return dict(reference=reference, crumbs=crumbs, random=random, back=back, upload=upload, composer=composer,
                 k=k, names=names, upload_note=upload_note, picker=picker, prev=prev, next=next_,
                 page_label=page_label, caption=caption, search=search, suggestions=suggestions, examples=examples,
-                status=status, details=details, results=results, group_md=group_md, group=group, download=download,
+                status=status, details=details, tap_mode=tap_mode, why=why, results=results, group_md=group_md, group=group, download=download,
                 link=link, results_json=results_json)
 
 
@@ -192,6 +199,7 @@ def build_page(catalog: Catalog) -> Page:
                 "Fine-Tuning CLIP-based Features* (CVPR 2022 workshop): CLIP features and a Combiner network.",
                 elem_id="footnote")
     return Page(state=gr.State(S.new_state(first)), page_names=gr.State([]), hit_names=gr.State([]),
+                last_query=gr.State(None),
                 browsed=gr.State(None), title=title, gallery=gallery, tabs=tabs, **parts)
 
 
@@ -209,7 +217,7 @@ def wire(p: Page, h: Handlers, demo: gr.Blocks) -> None:
     on([p.back.click], "back", [p.state], LIGHT)
     on([p.upload.upload], "upload", [p.upload, p.state], HEAVY)
     on([p.search.click, p.caption.submit], "search", [p.state, p.caption, p.k, p.composer], LIGHT)
-    on([p.results.select], "refine", [p.state, p.hit_names], LIGHT)
+    on([p.results.select], "tap_result", [p.state, p.hit_names, p.tap_mode, p.last_query], LIGHT)
     on([p.compare_btn.click], "compare", [p.state, p.caption, p.k], LIGHT)
     on([p.browse_btn.click, p.outcome.change, p.sort.change, p.words.submit, p.hit_at.submit, p.rank_from.submit,
         p.rank_to.submit], "browse",
@@ -221,6 +229,7 @@ def wire(p: Page, h: Handlers, demo: gr.Blocks) -> None:
     p.link.change(None, [p.link], [p.link], js=URL_JS)
     p.download.click(None, [p.results_json], None, js=DOWNLOAD_JS)
     p.names.change(None, [p.names], [p.names], js=NAMES_JS)
+    p.why.change(None, None, None, js=SHOW_WHY_JS)
 
 
 def build_demo(catalog: Catalog, *, public: str | None = None) -> gr.Blocks:

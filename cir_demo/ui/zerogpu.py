@@ -15,7 +15,8 @@ import os
 from typing import Callable, Optional
 
 # The catalog methods that run a model (text tower, Combiner, image tower, batch ranking).
-MODEL_CALLS = ("search", "compare", "rank_split", "upload_features", "encode_upload", "curated", "warm_up")
+MODEL_CALLS = ("search", "compare", "rank_split", "upload_features", "encode_upload", "curated", "explain",
+               "warm_up")
 
 
 def on_zerogpu() -> bool:
