@@ -50,6 +50,32 @@ def build_index(clip: ClipModel, names: Sequence[str], paths: Sequence[Path], ou
     return load_index(out, clip.fingerprint())
 
 
+def index_to_milvus(clip: ClipModel, names: Sequence[str], paths: Sequence[Path], uri: str, collection: str, *,
+                    batch_size: int = 64, num_workers: int = 0, progress: bool = True, index_type: str = "FLAT",
+                    **manifest) -> int:
+    """Encode ``paths`` into a Milvus collection; how many rows it holds. Under torchrun every process
+    encodes whole batches of its share and inserts them itself (nothing is gathered: the features of
+    a gallery past one machine never meet in one process); rank 0 creates and finally loads it.
+    Unreadable files are left out (their rows stay unused)."""
+    from cir_demo.config.processes import barrier, batch_shard, rank_world
+    from cir_demo.index import milvus
+    from cir_demo.pipeline.folders import encode_readable
+
+    rank, world = rank_world()
+    if rank == 0:
+        milvus.create_collection(uri, collection, clip.feature_dim, index_manifest(clip, **manifest),
+                                 count=len(paths), index_type=index_type)
+    barrier()
+    mine = batch_shard(len(paths), batch_size, rank, world)
+    feats, kept, _ = encode_readable(clip, [paths[r] for r in mine], batch_size=batch_size, num_workers=num_workers,
+                                     progress=progress)
+    milvus.insert_rows(uri, collection, [mine[i] for i in kept], [names[mine[i]] for i in kept], feats)
+    barrier()
+    if rank == 0:
+        milvus.finish_collection(uri, collection)
+    return len(paths)
+
+
 def index_dataset(clip: ClipModel, ds: CIRDataset, out: str | Path, *, rebuild_command: Optional[str] = None,
                   **kwargs) -> GalleryIndex:
     """Index a dataset split's gallery (FashionIQ: the category's split images; CIRR: all)."""

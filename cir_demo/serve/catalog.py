@@ -181,7 +181,12 @@ class Catalog:
         """A random image; with ``with_triplet`` one that is the reference of a known triplet when any is."""
         record, rng = self._record(gallery), rng or random.Random()
         pool = sorted(record.by_reference) if with_triplet and record.by_reference else self.names(gallery)
-        return pool[rng.randrange(len(pool))]
+        for _ in range(8):  # a gallery in Milvus may have unused rows (files that failed to decode)
+            try:
+                return pool[rng.randrange(len(pool))]
+            except IndexError:
+                continue
+        raise QueryError(f"gallery {gallery!r} has no images to draw from")
 
     def triplets_for(self, gallery: str, reference: str) -> list[Triplet]:
         """The known (validation) triplets whose reference is ``reference``."""

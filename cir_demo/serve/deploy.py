@@ -29,6 +29,8 @@
     name = "catalogue"
     images = "~/Pictures/catalogue"               # any folder of images instead of data/split: no triplets;
                                                   # indexed on first use, then only new or changed files
+    milvus = "http://milvus.internal:19530"       # optional: its features in Milvus (a file path: Milvus Lite)
+    collection = "catalogue"                      # optional (default: the gallery's name)
 
 Paths may use ``{project}`` (the source checkout), ``{cache}`` (the cache folder), ``{world}`` (the
 generated world) and ``{config}`` (the config file's folder); relative paths are taken from the
@@ -62,6 +64,8 @@ class GallerySpec:
     name: str
     data: Optional[str] = None       # a FashionIQ or CIRR folder ...
     images: Optional[str] = None     # ... or any folder of images (no triplets)
+    milvus: Optional[str] = None     # the folder's features in Milvus instead of in process: a server URI or a local file
+    collection: Optional[str] = None
     split: str = "val"
     category: Optional[str] = None
     index: Optional[str] = None
@@ -191,14 +195,21 @@ def _bundle(value: Any, where: str, paths: dict, base: Path) -> BundleSpec:
 
 def _gallery(value: Any, where: str, paths: dict, base: Path, bundle: str) -> GallerySpec:
     table = _table(value, where)
-    _keys(table, where, required=("name",), optional=("data", "images", "split", "category", "index", "label"))
+    _keys(table, where, required=("name",),
+          optional=("data", "images", "split", "category", "index", "label", "milvus", "collection"))
     if ("data" in table) == ("images" in table):
         raise ConfigError(f"{where} needs exactly one of data (a FashionIQ or CIRR folder) or images (any folder)")
+    if "milvus" in table and "images" not in table:
+        raise ConfigError(f"{where}.milvus serves a folder of images: give images too (where the files are)")
+    milvus = _str(table, "milvus", where, default="") or None
+    if milvus and "://" not in milvus:  # a local file: Milvus Lite
+        milvus = _path(milvus, paths, base, f"{where}.milvus")
     name = _name(table, where)
     index = _str(table, "index", where, default="") or f"{{cache}}/indexes/{bundle}-{name}"
     folder = {key: _path(_str(table, key, where), paths, base, f"{where}.{key}") for key in ("data", "images")
               if key in table}
-    return GallerySpec(name=name, **folder,
+    return GallerySpec(name=name, **folder, milvus=milvus,
+                       collection=(_str(table, "collection", where, default="") or name) if milvus else None,
                        split=_choice(table, "split", where, SPLITS, default="val"),
                        category=_str(table, "category", where, default="") or None,
                        index=_path(index, paths, base, f"{where}.index"),

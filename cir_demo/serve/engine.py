@@ -170,7 +170,8 @@ class Engine:
 
     def add_gallery(self, name: str, index: GalleryIndex, *, exclude_reference: Optional[bool] = None,
                     dataset=None) -> GalleryEntry:
-        """Make an index searchable as ``name``; refuses an index this engine's model did not build."""
+        """Make an index searchable as ``name``; refuses an index this engine's model did not build.
+        ``index`` may also be a gallery already (``cir_demo.index.milvus.MilvusGallery``)."""
         why = self.index_mismatch(index)
         if why is not None:
             where = f" at {index.path}" if index.path else ""
@@ -178,7 +179,8 @@ class Engine:
                                      f"{rebuild_hint(index.manifest)}")
         if exclude_reference is None:
             exclude_reference = index.manifest.get("dataset") == "cirr"
-        entry = GalleryEntry(Gallery.from_index(index, device=self.device), exclude_reference, dataset)
+        gallery = index if hasattr(index, "topk") else Gallery.from_index(index, device=self.device)
+        entry = GalleryEntry(gallery, exclude_reference, dataset)
         self.galleries[name] = entry
         return entry
 

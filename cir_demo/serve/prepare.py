@@ -55,6 +55,11 @@ def load_deployment(deployment: Deployment | str | os.PathLike | None = None, *,
         for gallery in spec.galleries:
             index_path = Path(gallery.index)
             owned = _inside(index_path, deployment.cache_dir)
+            if gallery.milvus is not None:
+                index = ensure_milvus_gallery(engine, Path(gallery.images), gallery.milvus, gallery.collection,
+                                              progress=progress, report=say)
+                catalog.add_gallery(spec.name, gallery.name, index, label=gallery.label)
+                continue
             if gallery.images is not None:
                 index = ensure_folder_index(engine, Path(gallery.images), index_path, progress=progress, report=say,
                                             owned=owned)
@@ -87,6 +92,33 @@ def ensure_folder_index(engine: Engine, folder: Path, path: Path, *, progress: b
                                  rebuild_command="delete the folder; the app rebuilds it on start")
     report(f"{folder}: {update.summary()} ({time.perf_counter() - start:.1f} s)")
     return update.index
+
+
+def ensure_milvus_gallery(engine: Engine, folder: Path, uri: str, collection: str, *, progress: bool = True,
+                          report: Report = print):
+    """The folder's gallery in Milvus: the collection as it is when this model built it from this
+    folder, else (re)written from the folder's images now (big galleries: ``cir_demo index --milvus``)."""
+    from cir_demo.index.milvus import MilvusGallery, write_collection
+    from cir_demo.pipeline.folders import encode_readable, folder_files
+    from cir_demo.pipeline.indexing import index_manifest
+
+    try:
+        gallery = MilvusGallery(uri, collection, device=engine.device)
+        if engine.index_mismatch(gallery) is None and gallery.manifest.get("image_root") == str(folder.resolve()):
+            report(f"{uri} {collection}: {len(gallery)} images in Milvus")
+            return gallery
+    except FileNotFoundError:
+        pass
+    files = folder_files(folder)
+    names = list(files)
+    feats, rows, bad = encode_readable(engine.clip, [files[n][0] for n in names], progress=progress)
+    kept = [names[r] for r in rows]
+    if not kept:
+        raise ValueError(f"no usable images under {folder}")
+    write_collection(uri, collection, feats, kept, index_manifest(engine.clip, dataset=None, kind="folder",
+                                                                   image_root=str(folder.resolve())))
+    report(f"{uri} {collection}: wrote {len(kept)} images ({len(bad)} unreadable skipped)")
+    return MilvusGallery(uri, collection, device=engine.device)
 
 
 # ---- the synthetic world ------------------------------------------------------------------------
