@@ -229,3 +229,17 @@ def test_every_catalog_method_that_runs_a_model_is_wrapped_for_zerogpu():
             calls = {n.func.attr for n in ast.walk(node) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
             if calls & runs_model:
                 assert node.name in MODEL_CALLS, node.name
+
+
+def test_each_search_gets_its_share_of_the_cores():
+    import torch
+
+    from cir_demo.ui.layout import LIGHT
+    from cir_demo.ui.serve import serving_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert serving_threads(2) == 1 and torch.get_num_threads() == 1  # two searches at once on two cores
+        assert serving_threads(16) == 16 // LIGHT["concurrency_limit"] and serving_threads(1) == 1
+    finally:
+        torch.set_num_threads(before)

@@ -142,10 +142,12 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--starts", action="store_true", help="also time cold and warm starts of app.py")
     parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR, help="the checkout whose app.py runs")
+    parser.add_argument("--cache", default=None, help="the app's cache folder (default: a fresh temporary one)")
     args = parser.parse_args(argv)
     if args.starts:
         bench_starts(args.app_dir)
-    with tempfile.TemporaryDirectory(prefix="cir-bench-") as cache, app_process(args.app_dir, cache) as (proc, base, _):
+    with tempfile.TemporaryDirectory(prefix="cir-bench-") as tmp, app_process(args.app_dir, args.cache or tmp) as (
+            proc, base, _):
         bench_page_search(proc, base, args.queries)
         bench_client_search(base, args.queries)
     return 0

@@ -164,6 +164,7 @@ def main(argv: Optional[list] = None) -> int:
                         help="mean seconds a user pauses after each answer (default 0: back to back)")
     parser.add_argument("--url", default=None, help="a running app on this machine (default: launch app.py)")
     parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR, help="the checkout whose app.py runs")
+    parser.add_argument("--cache", default=None, help="the app's cache folder (default: a fresh temporary one)")
     parser.add_argument("--heavy", action="store_true", help="also: search p95 while the heavy group is busy")
     args = parser.parse_args(argv)
 
@@ -180,7 +181,8 @@ def main(argv: Optional[list] = None) -> int:
     if args.url:
         measure(args.url)
         return 0
-    with tempfile.TemporaryDirectory(prefix="cir-load-") as cache, app_process(args.app_dir, cache) as (_, url, _):
+    with tempfile.TemporaryDirectory(prefix="cir-load-") as tmp, app_process(args.app_dir, args.cache or tmp) as (
+            _, url, _):
         measure(url)
     return 0
 

@@ -77,6 +77,21 @@ def build_app(config: Optional[str] = None, *, public_url: Optional[str] = None,
     return demo, catalog
 
 
+def serving_threads(cores: Optional[int] = None) -> int:
+    """Torch threads per request: the cores shared by the searches that run at once. Two searches
+    with two threads each on two cores make every op wait for a descheduled thread (a 1 ms text
+    tower then took 200 ms); one thread each keeps both cores busy with no waiting."""
+    import torch
+
+    from cir_demo.ui.layout import LIGHT
+
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // LIGHT["concurrency_limit"])
+    torch.set_num_threads(threads)
+    return threads
+
+
 def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kwargs):
     """Launch on ``host`` (default 127.0.0.1 unless Gradio's env variables say otherwise), with
     every size a stranger controls bounded (``cir_demo.ui.limits``)."""
@@ -89,14 +104,22 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a stop (Docker, Spaces) runs the exit clean-up
+    serving_threads()
     host = host or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", 0) or 0) or None
     demo.queue(default_concurrency_limit=2, max_size=MAX_QUEUE)
     app_kwargs = {"middleware": [Middleware(RequestGuard, upload_folder=upload_folder, **event_tables(demo))],
                   "lifespan": session_reaper(upload_folder=upload_folder)}
-    return demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],
-                       max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSION_CAPACITY,
-                       app_kwargs=app_kwargs, **kwargs)
+    block = not kwargs.pop("prevent_thread_lock", False)
+    quiet = kwargs.pop("quiet", False)
+    out = demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],
+                      max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSION_CAPACITY,
+                      app_kwargs=app_kwargs, quiet=True, prevent_thread_lock=True, **kwargs)
+    if not quiet:  # our own line: Gradio's also advertises share=True, which this app never uses
+        print(f"serving on {demo.local_url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
+    if block:
+        demo.block_thread()
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
