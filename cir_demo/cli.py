@@ -19,6 +19,8 @@ COMMANDS = {
     "synth": ("cir_demo.commands.synth", "generate the built-in synthetic CIR world (FashionIQ / CIRR layouts)"),
     "train": ("cir_demo.commands.train", "train: clip-pretrain (small CLIP from scratch), stage1, stage2"),
     "eval": ("cir_demo.commands.eval", "the paper's evaluation protocol for any composer"),
+    "probe": ("cir_demo.commands.probe", "linear probes of image features for the synthetic world's attributes"),
+    "visitor": ("cir_demo.commands.visitor", "free-text edits in unseen phrasings on the synthetic world, judged by its attributes"),
     "index": ("cir_demo.commands.index", "encode a dataset split or an image folder into a gallery index"),
     "bench": ("cir_demo.commands.bench", "serving benchmarks: latency, top-k vs FAISS, indexing, memory"),
     "serve": ("cir_demo.commands.serve", "the Gradio demo for a deployment config (default: the built-in world)"),

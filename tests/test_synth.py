@@ -37,8 +37,8 @@ def test_same_seed_same_bytes_whatever_the_workers(tiny, tmp_path):
     out, _ = tiny
     generate_world(tmp_path, seed=0, size="tiny", progress=False, workers=2)
     first, second = _tree(out), _tree(tmp_path)
-    # 3 x 56 garments + 48 scenes + 20 FashionIQ JSON files + 8 CIRR JSON files
-    assert len(first) == 168 + 48 + 20 + 8
+    # 3 x 56 garments + 48 scenes + 21 FashionIQ JSON files + 9 CIRR JSON files
+    assert len(first) == 168 + 48 + 21 + 9
     assert sorted(first) == sorted(second)
     assert [k for k in first if first[k] != second[k]] == []
 
@@ -122,7 +122,7 @@ UNIT_WORDS = {"sleeve": ("sleeve",), "neck": ("neck", "collar"), "fit": ("loose"
                                                                        "slim"),
               "length": ("length", "longer", "shorter", "mini", "maxi", "crop", "long", "knee", "floor"),
               "shade": ("dark", "light"), "pattern": ("solid", "plain", "pattern", "stripe", "dot", "spotted", "check",
-                                                      "plaid", "graphic", "print", "letter", "text", "word", "says",
+                                                      "plaid", "graphic", "print", "letter", "text", "word", "says", "spot", "floral",
                                                       "star", "heart", "flower", "no "),
               "pcolour": ("color", "white", "black", "red", "yellow", "blue", "orange", "pink", "green"),
               "motif": ("says", "word", "lettering", "star", "heart", "flower")}

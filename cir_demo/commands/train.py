@@ -20,6 +20,10 @@ def add_arguments(parser) -> None:
     _common(pre, epochs=20, batch=128, lr=5e-4, several=True)
     pre.add_argument("--model", default="cir-tiny", help="open_clip model name (random init)")
     pre.add_argument("--weight-decay", type=float, default=0.1)
+    pre.add_argument("--trim-vocabulary", action="store_true",
+                     help="keep only the BPE tokens of the training captions (a much smaller token table)")
+    pre.add_argument("--group-batches", action="store_true",
+                     help="keep groups of close variants (CIRR image sets, linked triplets) together in batches")
     s1 = sub.add_parser("stage1", help="fine-tune CLIP with the normalised element-wise sum")
     _common(s1, epochs=100, batch=512, lr=2e-6)
     _clip_source(s1)

@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from cir_demo.config.files import atomic_write
 from cir_demo.model.clip import ClipModel, build_model, model_config_for, openai_model_name
 from cir_demo.model.combiner import Combiner, ModelMismatchError, check_compatible, combiner_dims_from_state_dict
+from cir_demo.model.vocab import BPE_VOCAB_SIZE, check_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,11 @@ def _config_problem(config: object) -> Optional[str]:
             return "'clip' lacks a 'model_name' string"
         if not isinstance(clip.get("preprocess", {}), dict):
             return "'clip.preprocess' must be an object"
+        if clip.get("vocabulary") is not None:
+            try:
+                check_vocabulary(clip["vocabulary"], BPE_VOCAB_SIZE)
+            except ValueError as err:
+                return f"'clip.vocabulary': {err}"
     if "combiner" in config:
         return _combiner_dims_problem(config["combiner"])
     return None
@@ -190,7 +196,7 @@ def load_our_checkpoint(path: Path) -> Checkpoint:
             try:
                 ckpt.clip = ClipModel(model, name=spec["model_name"], model_config=spec["model_config"],
                                       preprocess=spec.get("preprocess", {}).get("mode", "targetpad"),
-                                      source=str(path))
+                                      source=str(path), vocabulary=spec.get("vocabulary"))
             except ValueError as err:
                 raise CheckpointError(f"{path}: {err}") from None
         if "combiner" in config:

@@ -25,6 +25,7 @@ import torch
 from cir_demo.config import CLIP_MEAN, CLIP_STD, CONTEXT_LENGTH, MODEL_CONFIG_DIR, hub_offline
 from cir_demo.config.runtime import optional_precision
 from cir_demo.data.transforms import Preprocess
+from cir_demo.model.vocab import TrimmedTokenizer, vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,14 @@ class ClipModel:
     ``encode_image`` / ``encode_text`` return RAW (unnormalised) features, as the paper uses.
     ``model_config`` is the full open_clip config: enough to rebuild the architecture alone.
     The tokenizer is the one that config names (see ``make_tokenizer``), built on first use so
-    image-only work never needs tokenizer files.
+    image-only work never needs tokenizer files. ``vocabulary`` (kept BPE ids, see
+    :mod:`cir_demo.model.vocab`) maps it onto a trimmed token table; None (every real CLIP) keeps
+    open_clip's ids.
     """
 
     def __init__(self, model: torch.nn.Module, *, name: str, model_config: dict,
-                 preprocess: str = "targetpad", source: Optional[str] = None):
+                 preprocess: str = "targetpad", source: Optional[str] = None,
+                 vocabulary: Optional[Sequence[int]] = None):
         self.model = model.eval()
         self.name = name
         self.model_config = copy.deepcopy(model_config)
@@ -66,6 +70,11 @@ class ClipModel:
         self.context_length = int(model_config.get("text_cfg", {}).get("context_length", CONTEXT_LENGTH))
         self.feature_dim = int(model_config["embed_dim"])
         self.source = source
+        self.vocabulary = None if vocabulary is None else list(vocabulary)
+        rows = getattr(getattr(model, "token_embedding", None), "num_embeddings", None)
+        if self.vocabulary is not None and rows is not None and rows != vocab_size(self.vocabulary):
+            raise ValueError(f"a vocabulary of {len(self.vocabulary)} kept tokens needs {vocab_size(self.vocabulary)} "
+                             f"token embedding rows; the model has {rows}")
         self._tokenizer: Optional[Callable] = None
         # One lock for building the tokenizer and for calling it: its BPE memo is shared state.
         self._token_lock = threading.Lock()
@@ -89,7 +98,7 @@ class ClipModel:
         """The tokenizer this model's config names; raises WeightsUnavailableError if unobtainable."""
         with self._token_lock:
             if self._tokenizer is None:
-                self._tokenizer = make_tokenizer(self.name, self.model_config)
+                self._tokenizer = make_tokenizer(self.name, self.model_config, vocabulary=self.vocabulary)
             return self._tokenizer
 
     @tokenizer.setter
@@ -159,8 +168,11 @@ class ClipModel:
 
     def describe(self) -> dict:
         """JSON-able config that rebuilds this model (without weights)."""
-        return {"model_name": self.name, "model_config": self.model_config,
-                "preprocess": self.preprocess.describe(), "source": self.source}
+        described = {"model_name": self.name, "model_config": self.model_config,
+                     "preprocess": self.preprocess.describe(), "source": self.source}
+        if self.vocabulary is not None:
+            described["vocabulary"] = list(self.vocabulary)
+        return described
 
     def __repr__(self) -> str:
         return (f"ClipModel({self.name!r}, dim={self.feature_dim}, image_size={self.image_size}, "
@@ -194,7 +206,8 @@ def vision_architecture_json(model_config: dict) -> str:
 
 # ---- tokenizers -----------------------------------------------------------------------------
 
-def make_tokenizer(model_name: str, model_config: dict, *, cache_dir: Optional[str] = None) -> Callable:
+def make_tokenizer(model_name: str, model_config: dict, *, cache_dir: Optional[str] = None,
+                   vocabulary: Optional[Sequence[int]] = None) -> Callable:
     """The tokenizer ``open_clip.get_tokenizer`` would give, chosen from a config dict.
 
     Ours, not a call to ``open_clip.get_tokenizer``: that needs a registered model name, while our
@@ -205,7 +218,7 @@ def make_tokenizer(model_name: str, model_config: dict, *, cache_dir: Optional[s
     tokenizer, a SigLIP name -> SigLIP tokenizer, else ``SimpleTokenizer``; ``tokenizer_kwargs``
     and ``context_length`` come from ``text_cfg``. Never downloads when offline: a tokenizer that
     is not available locally raises ``WeightsUnavailableError``. SimpleTokenizer's BPE memo is
-    bounded (``BPE_CACHE_SIZE``).
+    bounded (``BPE_CACHE_SIZE``). ``vocabulary`` wraps it in a :class:`~cir_demo.model.vocab.TrimmedTokenizer`.
     """
     text_cfg = model_config.get("text_cfg", {})
     context_length = int(text_cfg.get("context_length", CONTEXT_LENGTH))
@@ -213,6 +226,8 @@ def make_tokenizer(model_name: str, model_config: dict, *, cache_dir: Optional[s
     hf_name = text_cfg.get("hf_tokenizer_name", "")
     if model_name.startswith("hf-hub:") and not hf_name:
         hf_name = model_name[len("hf-hub:"):]  # open_clip's fallback: the repo holds the tokenizer
+    if vocabulary is not None and (hf_name or "siglip" in model_name.lower()):
+        raise ValueError("a trimmed vocabulary maps open_clip's BPE tokenizer only, not a Hugging Face or SigLIP one")
     if hf_name:
         source = model_name[len("local-dir:"):] if model_name.startswith("local-dir:") else hf_name
         return _hf_tokenizer(source, context_length, text_cfg.get("tokenizer_mode"), kwargs, cache_dir)
@@ -220,7 +235,7 @@ def make_tokenizer(model_name: str, model_config: dict, *, cache_dir: Optional[s
         return _siglip_tokenizer(model_name, context_length)
     tokenizer = open_clip.SimpleTokenizer(context_length=context_length, **kwargs)
     tokenizer.cache = _BpeCache(tokenizer.cache, BPE_CACHE_SIZE)
-    return tokenizer
+    return tokenizer if vocabulary is None else TrimmedTokenizer(tokenizer, vocabulary)
 
 
 class _BpeCache(OrderedDict):

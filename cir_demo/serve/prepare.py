@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 from cir_demo.config.files import atomic_write_text
 from cir_demo.data.datasets import CIRDataset, open_dataset
+from cir_demo.data.synth import WORLD_FORMAT
 from cir_demo.data.transforms import Preprocess
 from cir_demo.index import GalleryIndex, IndexFormatError, load_index
 from cir_demo.model import WeightsUnavailableError, load_checkpoint, load_clip
@@ -147,6 +148,8 @@ def world_is_current(world_dir: Path, spec: WorldSpec) -> Optional[str]:
             return f"{stamp} is missing or unreadable"
         if not isinstance(meta, dict) or (meta.get("seed"), meta.get("size")) != (spec.seed, spec.size):
             return f"{stamp} records another world (seed/size)"
+        if meta.get("format") != WORLD_FORMAT:
+            return f"{stamp} was drawn by another version of the generator"
         drawn = meta.get("drawn_splits", "all")
         if drawn != "all" and not set(spec.splits) <= set(drawn):
             return f"{stamp} lacks the images of splits {sorted(set(spec.splits) - set(drawn))}"

@@ -79,11 +79,20 @@ class Task:
         """Set train/eval modes for a training step (stage 1 keeps CLIP in eval mode)."""
         self.trainable().train()
 
+    def epoch_order(self, seed: int, epoch: int) -> Optional[torch.Tensor]:
+        """The epoch's row order, or None for a random permutation (the default)."""
+        return None
+
 
 def epoch_batches(n: int, batch_size: int, *, seed: int, epoch: int, rank: int, world: int,
-                  drop_last: bool) -> list[torch.Tensor]:
-    """This rank's shards of the epoch's global batches (one permutation, whatever ``world``)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+                  drop_last: bool, order: Optional[torch.Tensor] = None) -> list[torch.Tensor]:
+    """This rank's shards of the epoch's global batches (one permutation, whatever ``world``).
+
+    ``order`` (a permutation of the n rows) replaces the random one, e.g. to keep groups of hard
+    negatives together (``Task.epoch_order``).
+    """
+    perm = order if order is not None else torch.randperm(
+        n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     if batch_size < world:
         raise ValueError(f"--batch-size is the global batch: {batch_size} rows cannot be shared by {world} "
                          f"processes")
@@ -132,7 +141,7 @@ def fit(task: Task, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> dict:
 
     while epoch < cfg.epochs and not _reached(cfg, step):
         batches = epoch_batches(task.num_examples, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
-                                world=world, drop_last=cfg.drop_last)
+                                world=world, drop_last=cfg.drop_last, order=task.epoch_order(cfg.seed, epoch))
         step, done, loss_sum, n = _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook,
                                              rank, use_amp)
         if done < len(batches):  # stopped by --max-steps inside the epoch: resumable from here

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from cir_demo.data.datasets import CIRDataset
+from cir_demo.data.records import query_captions
 from cir_demo.eval.protocol import load_eval_splits
 from cir_demo.model.checkpoint import save_checkpoint
-from cir_demo.model.clip import ClipModel
+from cir_demo.model.clip import ClipModel, build_model, make_tokenizer, model_config_for
+from cir_demo.model.vocab import vocab_size, vocabulary_of
 from cir_demo.pipeline.encode import ImageFiles
 from cir_demo.train.distributed import gather_batch, global_cross_entropy
+from cir_demo.train.groups import group_order
 from cir_demo.train.loop import Task
 from cir_demo.train.stage1 import RawEncoder
 
@@ -40,6 +44,30 @@ def captioned_images(roots, split: str = "train") -> tuple[list[Path], list[str]
     if not paths:
         raise ValueError(f"no image with an absolute caption in {', '.join(map(str, roots))} ({split})")
     return paths, captions
+
+
+def training_texts(roots, split: str = "train") -> list[str]:
+    """Every caption training will read: absolute captions of the split's images and every caption
+    variant of its triplets (what a trimmed vocabulary must keep)."""
+    texts = list(captioned_images(roots, split)[1])
+    for root in roots:
+        for ds in load_eval_splits(root, split):
+            texts += [c for t in ds.triplets for c in query_captions(t, train=True)]
+    return texts
+
+
+def new_clip(model_name: str, *, device: str, trim_from: Optional[Sequence[str]] = None) -> ClipModel:
+    """A randomly initialised open_clip ``model_name``; with ``trim_from`` (captions), its token table
+    holds only the BPE ids those captions use (:mod:`cir_demo.model.vocab`)."""
+    config = model_config_for(model_name)
+    kept = None
+    if trim_from is not None:
+        base = make_tokenizer(model_name, config)
+        kept = vocabulary_of(base, trim_from)
+        config["text_cfg"]["vocab_size"] = vocab_size(kept)
+        log.info("trimmed vocabulary: %d of %d BPE tokens kept", len(kept), len(base.encoder))
+    clip = ClipModel(build_model(config), name=model_name, model_config=config, source="random", vocabulary=kept)
+    return clip.to(device)
 
 
 def preload_pixels(clip: ClipModel, paths, *, num_workers: int = 0, progress: bool = True) -> torch.Tensor:
@@ -73,9 +101,13 @@ def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch
 
 
 class PretrainTask(Task):
+    """Contrastive pre-training on (image, absolute caption) pairs. With ``groups`` (lists of rows of
+    close variants, :func:`cir_demo.train.groups.image_groups`) each epoch keeps groups together in
+    its batches, so every batch holds hard negatives."""
+
     def __init__(self, clip: ClipModel, pixels: torch.Tensor, captions: list[str], *, device: str,
-                 provenance: dict, val_pixels=None, val_captions=None, save_dtype=None):
-        self.clip, self.pixels, self.device = clip, pixels, device
+                 provenance: dict, val_pixels=None, val_captions=None, save_dtype=None, groups=None):
+        self.clip, self.pixels, self.device, self.groups = clip, pixels, device, groups
         self.tokens = clip.tokenize(captions)  # (N, L)
         self.num_examples = len(captions)
         self.wrapper = RawEncoder(clip.model)
@@ -85,6 +117,9 @@ class PretrainTask(Task):
 
     def trainable(self):
         return self.wrapper
+
+    def epoch_order(self, seed: int, epoch: int):
+        return None if self.groups is None else group_order(self.groups, seed=seed, epoch=epoch)
 
     def loss(self, rows, step):
         image, text = self.forward_module(self.pixels[rows].to(self.device, torch.float32),

@@ -34,17 +34,22 @@ def _provenance(args, stage) -> dict:
 
 
 def run_pretrain(args) -> dict:
-    from cir_demo.train.pretrain import PretrainTask, captioned_images, preload_pixels
+    from cir_demo.train.groups import image_groups
+    from cir_demo.train.pretrain import PretrainTask, captioned_images, new_clip, preload_pixels, training_texts
 
-    clip = load_clip(args.model, None, device=args.device)
+    clip = new_clip(args.model, device=args.device,
+                    trim_from=training_texts(args.data, "train") if args.trim_vocabulary else None)
     paths, captions = captioned_images(args.data, "train")
     val_paths, val_captions = captioned_images(args.data, "val")
     enc = _encode_kwargs(args)
     pixels = preload_pixels(clip, paths, num_workers=args.num_workers, progress=enc["progress"])
     val_pixels = preload_pixels(clip, val_paths[:1024], num_workers=args.num_workers, progress=False)
-    log.info("clip-pretrain on %d captioned images (%d held out)", len(paths), len(val_pixels))
+    groups = image_groups(args.data, "train", paths) if args.group_batches else None
+    log.info("clip-pretrain on %d captioned images (%d held out)%s", len(paths), len(val_pixels),
+             f", batches of whole groups ({len(groups)} groups)" if groups else "")
     task = PretrainTask(clip, pixels, captions, device=args.device, provenance=_provenance(args, "clip-pretrain"),
-                        val_pixels=val_pixels, val_captions=val_captions[:1024], save_dtype=args.save_dtype)
+                        val_pixels=val_pixels, val_captions=val_captions[:1024], save_dtype=args.save_dtype,
+                        groups=groups)
     decay = [p for n, p in clip.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in clip.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},

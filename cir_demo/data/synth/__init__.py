@@ -7,6 +7,7 @@
         image_splits/split.{cat}.{split}.json       [name, ...]
         images/{name}.jpg
         absolute_captions.json                      {name: caption} for every image, all splits
+        attributes.json                             {name: the garment's attributes}, all splits
         synth.json                                  generator, seed, size, counts (no timestamps)
     DIR/cirr/                           CIRR layout (scenes of simple objects)
         cirr/captions/cap.rc2.{train,val,test1}.json  [{"pairid", "reference", "target_hard",
@@ -15,6 +16,7 @@
         cirr/image_splits/split.rc2.{split}.json      {name: "./dev/name.png"}
         train/<k>/{name}.png, dev/{name}.png, test1/{name}.png
         absolute_captions.json                        {name: caption}
+        attributes.json                               {name: the scene's background and slots}
         synth.json
 
 Absolute-caption convention: one ``absolute_captions.json`` at each dataset root (the folder
@@ -29,7 +31,11 @@ and numpy versions: JPEG/PNG encoders and font rendering are part of the bytes).
 
     tiny     FashionIQ per category 28/14/14 images, 16/8/6 triplets; CIRR 24/12/12, 12/6/6
     small    FashionIQ per category 315/140/70, ~950/200/90;          CIRR 540/150/120, 540/100/80
-    default  FashionIQ per category 1260/490/280, ~3500/600/320;      CIRR 2100/480/480, 2100/320/320
+    default  FashionIQ per category 1260/490/280, ~4600/600/320;      CIRR 3600/480/480, ~11000/320/320
+
+Training splits of the default world hold every eligible pair of every cluster (see
+:func:`world._eligible_pairs`); validation and test keep a fixed sample. ``attributes.json`` (see
+:mod:`.attributes`) is what the probe and the visitor-edit benchmark judge by.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 FLAVOURS = ("fashion", "scenes")
+# Bumped whenever the same seed and size would draw another world (new sizes, drawing, captions), so a
+# cached world of an older generator is recognised as stale (``synth.json`` records it).
+WORLD_FORMAT = 2
 DATASET_DIRS = {"fashion": "fashioniq", "scenes": "cirr"}
 
 
@@ -109,7 +118,7 @@ def generate_world(out_dir, *, seed: int = 0, size: str = "default", flavours=FL
             jobs = [job for job in jobs if Path(job[0]).stem in drawn]
         n_workers = workers if workers is not None else (min(2, os.cpu_count() or 1) if len(jobs) > 300 else 1)
         layout.render_all(jobs, n_workers, progress, desc=DATASET_DIRS[flavour])
-        layout.write_json(partial / "synth.json", {"generator": "cir_demo.data.synth", "format": 1,
+        layout.write_json(partial / "synth.json", {"generator": "cir_demo.data.synth", "format": WORLD_FORMAT,
                                                     "seed": seed, "size": size, "counts": counts,
                                                     "drawn_splits": sorted(splits) if splits else "all"})
         shutil.rmtree(final, ignore_errors=True)

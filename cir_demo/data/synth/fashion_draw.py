@@ -86,16 +86,16 @@ def _draw_pattern(fill: Image.Image, g: Garment, tr, w: float) -> None:
     width, height = fill.size
     ox, oy = tr(0, 0)
     if g.pattern == "stripes":
-        step = int(w * 0.14)
+        step = int(w * 0.19)
         for y in range(int(oy) % step - step, height, step):
-            d.rectangle([0, y, width, y + step * 0.4], fill=ink)
+            d.rectangle([0, y, width, y + step * 0.45], fill=ink)
     elif g.pattern == "dots":
-        step, r = w * 0.15, w * 0.035
+        step, r = w * 0.21, w * 0.055
         for row, y in enumerate(np.arange(oy % step - step, height + step, step)):
             for x in np.arange((ox + row % 2 * step / 2) % step - step, width + step, step):
                 d.ellipse([x - r, y - r, x + r, y + r], fill=ink)
     elif g.pattern == "checks":
-        step, band = int(w * 0.2), int(w * 0.08)
+        step, band = int(w * 0.27), int(w * 0.11)
         half = _mix(shade_rgb(g.colour, g.shade), ink, 0.5)
         for p in range(int(oy) % step - step, height, step):
             d.rectangle([0, p, width, p + band], fill=half)
@@ -110,10 +110,10 @@ def _draw_pattern(fill: Image.Image, g: Garment, tr, w: float) -> None:
 
 def _draw_print(d: ImageDraw.ImageDraw, g: Garment, tr, w: float, ink) -> None:
     """A chest graphic or a word, centred on the chest."""
-    cx, cy = tr(0, 0.5 if g.category != "dress" else 0.4)
-    r = w * 0.17
+    cx, cy = tr(0, 0.62 if g.category != "dress" else 0.6)
+    r = w * 0.23
     if g.pattern == "lettering":
-        font = _font(max(8, int(w * (0.27 if len(WORDS[g.motif]) <= 3 else 0.21))))
+        font = _font(max(8, int(w * (0.34 if len(WORDS[g.motif]) <= 3 else 0.27))))
         d.text((cx, cy), WORDS[g.motif], font=font, fill=ink, anchor="mm", stroke_width=1, stroke_fill=ink)
     elif GRAPHICS[g.motif] == "star":
         d.polygon(_star(cx, cy, r * 1.1), fill=ink)
@@ -130,25 +130,25 @@ def _draw_print(d: ImageDraw.ImageDraw, g: Garment, tr, w: float, ink) -> None:
 
 def _draw_neck(d: ImageDraw.ImageDraw, g: Garment, tr, w: float, base, line) -> None:
     """Neckline opening (the garment's darker inside) and, for shirts, the button placket."""
-    inside = _mix(base, (0, 0, 0), 0.35)
+    inside = _mix(base, (0, 0, 0), 0.5)
     lw = max(2, int(w * 0.015))
     if g.neck == "round":
-        box = [tr(-0.17, -0.12), tr(0.17, 0.13)]
+        box = [tr(-0.19, -0.16), tr(0.19, 0.22)]
         d.pieslice([box[0], box[1]], 0, 180, fill=inside)
         d.arc([box[0], box[1]], 0, 180, fill=line, width=lw * 2)
-        bottom = 0.14
+        bottom = 0.22
     elif g.neck == "v-neck":
-        v = [tr(-0.17, 0), tr(0.17, 0), tr(0, 0.34)]
+        v = [tr(-0.18, 0), tr(0.18, 0), tr(0, 0.5)]
         d.polygon(v, fill=inside)
         d.line([v[0], v[2], v[1]], fill=line, width=lw * 2)
-        bottom = 0.34
+        bottom = 0.5
     else:  # collar: two flaps over a small opening
-        d.polygon([tr(-0.16, 0), tr(0.16, 0), tr(0, 0.1)], fill=inside)
-        flap = [(0.0, 0.09), (0.16, -0.02), (0.27, 0.13), (0.07, 0.21)]
+        d.polygon([tr(-0.17, 0), tr(0.17, 0), tr(0, 0.13)], fill=inside)
+        flap = [(0.0, 0.12), (0.22, -0.03), (0.36, 0.18), (0.09, 0.28)]
         for sign in (1, -1):
             pts = [tr(sign * x, y) for x, y in flap]
             d.polygon(pts, fill=_mix(base, (255, 255, 255), 0.12), outline=line, width=lw)
-        bottom = 0.12
+        bottom = 0.28
     if g.category == "shirt" and g.pattern not in ("graphic", "lettering"):  # no buttons through a print
         top, end = tr(0, bottom), tr(0, {"cropped": 0.8, "regular": 1.15, "long": 1.45}[g.length])
         d.line([top, end], fill=line, width=lw)
@@ -176,7 +176,9 @@ def _shading(width: int, height: int, cx: float, w: float) -> Image.Image:
 def render_garment(g: Garment, photo: Photo) -> Image.Image:
     """The RGB image (``photo.width`` x ``photo.height``) of ``g`` photographed as ``photo``."""
     W, H = photo.width * SS, photo.height * SS
-    w = (0.42 if g.category == "dress" else 0.5) * min(W, H / 1.25) * photo.scale
+    # The paper's preprocessing (targetpad, then a centre square) keeps the central max(W, H / 1.25)
+    # rows: a dress is scaled to fit them, so its neckline and hem stay in what the model sees.
+    w = (0.36 * max(W, H / 1.25) if g.category == "dress" else 0.5 * min(W, H / 1.25)) * photo.scale
     body, sleeve = _mirror(_body_half(g)), _sleeve(g)
     parts = [body] + ([sleeve, [(-x, y) for x, y in sleeve]] if sleeve else [])
     ys = [y for part in parts for _, y in part]

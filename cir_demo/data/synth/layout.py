@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from cir_demo.data.synth.attributes import ATTRIBUTES_FILE, record
 from cir_demo.data.synth.world import CIRR_SPLITS, FASHION_SPLITS
 
 JPEG_QUALITY = 92
@@ -55,8 +56,8 @@ def render_all(jobs: list, workers: int, progress: bool, desc: str) -> None:
 
 
 def write_fashioniq(root: Path, world: dict) -> list:
-    """Write captions/, image_splits/ and absolute_captions.json; return the image jobs."""
-    jobs, absolute = [], {}
+    """Write captions/, image_splits/, absolute_captions.json and attributes.json; return the image jobs."""
+    jobs, absolute, attributes = [], {}, {}
     for category, splits in world.items():
         for split in FASHION_SPLITS:
             plan = splits[split]
@@ -65,9 +66,10 @@ def write_fashioniq(root: Path, world: dict) -> list:
                        [{"target": q.target, "candidate": q.reference, "captions": list(q.captions)}
                         for q in plan.queries])
             for it in plan.items:
-                absolute[it.name] = it.caption
+                absolute[it.name], attributes[it.name] = it.caption, record(it.content)
                 jobs.append((str(root / "images" / f"{it.name}.jpg"), "fashion", it.content, it.photo))
     write_json(root / "absolute_captions.json", absolute)
+    write_json(root / ATTRIBUTES_FILE, attributes)
     return jobs
 
 
@@ -89,8 +91,9 @@ def cirr_relative_path(split: str, index: int, name: str) -> str:
 
 
 def write_cirr(root: Path, world: dict) -> list:
-    """Write cirr/captions/, cirr/image_splits/ and absolute_captions.json; return the image jobs."""
-    jobs, absolute, pair_id = [], {}, 0
+    """Write cirr/captions/, cirr/image_splits/, absolute_captions.json and attributes.json; return the
+    image jobs."""
+    jobs, absolute, attributes, pair_id = [], {}, {}, 0
     for split in CIRR_SPLITS:
         plan = world[split]
         paths = {it.name: cirr_relative_path(split, i, it.name) for i, it in enumerate(plan.items)}
@@ -101,7 +104,8 @@ def write_cirr(root: Path, world: dict) -> list:
             pair_id += 1
         write_json(root / "cirr" / "captions" / f"cap.rc2.{split}.json", entries)
         for it in plan.items:
-            absolute[it.name] = it.caption
+            absolute[it.name], attributes[it.name] = it.caption, record(it.content)
             jobs.append((str(root / paths[it.name]), "scenes", it.content, it.photo))
     write_json(root / "absolute_captions.json", absolute)
+    write_json(root / ATTRIBUTES_FILE, attributes)
     return jobs

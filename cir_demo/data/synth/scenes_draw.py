@@ -14,10 +14,11 @@ from PIL import Image, ImageDraw, ImageFilter
 from cir_demo.data.synth.scenes import BACKGROUNDS, COLOURS, Scene, ScenePhoto
 
 SS = 2
-SLOT_X = (0.18, 0.5, 0.82)
-RADIUS = {"small": 0.058, "large": 0.09}  # object radius as a fraction of the image side
+SLOT_X = (0.2, 0.5, 0.8)
+RADIUS = {"small": 0.072, "large": 0.11}  # object radius as a fraction of the image side: a small
+# object must still span several 8-px patches of a 64-px model input
 # Object placements inside a group, in radii (dx, depth); depth < 0 is further back.
-LAYOUTS = {1: [(0.0, 0.0)], 2: [(-1.1, -0.3), (1.1, 0.3)], 3: [(-1.1, -0.55), (1.1, -0.55), (0.0, 0.6)]}
+LAYOUTS = {1: [(0.0, 0.0)], 2: [(-0.95, -0.3), (0.95, 0.3)], 3: [(-0.95, -0.55), (0.95, -0.55), (0.0, 0.6)]}
 
 
 def _mix(rgb, other, t: float) -> tuple:

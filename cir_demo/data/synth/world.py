@@ -17,7 +17,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from cir_demo.data.synth import captions, fashion, scene_captions, scenes
+from cir_demo.data.synth import captions, fashion, scene_captions, scene_phrases, scenes
 
 FASHION_SPLITS = ("train", "val", "test")
 CIRR_SPLITS = ("train", "val", "test1")
@@ -27,7 +27,8 @@ SCENE_SET = 6        # CIRR img_set size
 
 @dataclass(frozen=True)
 class WorldSize:
-    """Clusters and triplets per split: ``fashion_*`` per category, ``scene_*`` for CIRR."""
+    """Clusters and triplets per split: ``fashion_*`` per category, ``scene_*`` for CIRR. A triplet
+    count of None takes every eligible pair of every cluster (training wants them all)."""
     fashion_clusters: dict
     fashion_triplets: dict
     scene_sets: dict
@@ -39,8 +40,8 @@ SIZES = {
                       {"train": 4, "val": 2, "test1": 2}, {"train": 12, "val": 6, "test1": 6}),
     "small": WorldSize({"train": 45, "val": 20, "test": 10}, {"train": 1000, "val": 200, "test": 90},
                        {"train": 90, "val": 25, "test1": 20}, {"train": 540, "val": 100, "test1": 80}),
-    "default": WorldSize({"train": 180, "val": 70, "test": 40}, {"train": 3600, "val": 600, "test": 320},
-                         {"train": 350, "val": 80, "test1": 80}, {"train": 2100, "val": 320, "test1": 320}),
+    "default": WorldSize({"train": 180, "val": 70, "test": 40}, {"train": None, "val": 600, "test": 320},
+                         {"train": 600, "val": 80, "test1": 80}, {"train": None, "val": 320, "test1": 320}),
 }
 
 
@@ -99,7 +100,9 @@ def _new_base(sample: Callable, seen: set, rng):
             return base
 
 
-def _quota(total: int, n: int, i: int) -> int:
+def _quota(total: Optional[int], n: int, i: int) -> Optional[int]:
+    if total is None:  # every eligible pair
+        return None
     return total // n + (1 if i < total % n else 0)
 
 
@@ -114,8 +117,10 @@ def _eligible_pairs(members: list, diff: Callable) -> list:
     return [(i, j, changes) for i, near in close.items() if len(near) >= 2 for j, changes in near]
 
 
-def _sample_pairs(members, diff, quota: int, rng) -> list:
+def _sample_pairs(members, diff, quota: Optional[int], rng) -> list:
     pairs = _eligible_pairs(members, diff)
+    if quota is None:
+        return pairs
     order = rng.permutation(len(pairs))[:quota]
     return [pairs[k] for k in sorted(order.tolist())]
 
@@ -176,7 +181,7 @@ def plan_scenes(seed: int, size: WorldSize) -> dict:
             for name, scene in zip(names, members):
                 plan.items.append(Item(name, scene, scenes.random_photo(rng), scene_captions.absolute_caption(scene)))
             for i, j, changes in _sample_pairs(members, scenes.diff_scenes, _quota(total, n_sets, k), rng):
-                text = scene_captions.relative_caption(members[i], members[j], changes, rng)
+                text = scene_phrases.relative_caption(members[i], members[j], changes, rng)
                 plan.queries.append(Query(names[i], names[j], (text,), tuple(names), set_id))
             set_id += 1
         world[split] = plan
