@@ -89,3 +89,25 @@ def test_the_command_prints_hit_rates(tiny_training_world, tiny_clip_file, capsy
     assert "| fashioniq | **all** |" in out and "| cirr | **all** |" in out
     assert "the reference itself ranks first in" in out
     assert load_attributes(tiny_training_world / "cirr")
+
+
+def test_the_sheet_frames_each_hit_by_the_judge(tiny_training_world, tiny_clip_file, tmp_path):
+    from PIL import Image
+
+    from cir_demo.eval.visitor import run_visitor
+    from cir_demo.eval.visitor_sheet import GOOD, THUMB, make_visitor_sheet
+    from cir_demo.model import load_checkpoint, make_composer
+
+    root = tiny_training_world / "cirr"
+    report = run_visitor(load_checkpoint(tiny_clip_file).clip, make_composer("sum"), root, per_kind=3)
+    path = make_visitor_sheet([report], [root], tmp_path / "sheet.png", per_kind=1)
+    kinds = len({o.edit.kind for o in report.outcomes})
+    with Image.open(path) as img:
+        assert img.height == 30 + kinds * (THUMB + 20)
+        colours = {c for _, c in img.convert("RGB").getcolors(1 << 20)}
+    attributes = load_attributes(root)
+    shown = [next(o for o in report.outcomes if o.edit.kind == k) for k in dict.fromkeys(o.edit.kind
+                                                                                       for o in report.outcomes)]
+    answers = [is_hit("cirr", o.edit, attributes[o.edit.reference], attributes[o.edit.target], attributes[n])
+               for o in shown for n in o.hits]
+    assert (GOOD in colours) == any(answers)  # green frames exactly where the judge says so

@@ -59,13 +59,16 @@ class VisitorReport:
 
 
 def world_edits(root: str | Path, *, per_kind: int = 40, seed: int = 0, split: str = "val") -> tuple:
-    """(datasets of the split, attributes, edits) for a synthetic FashionIQ or CIRR folder."""
+    """(datasets of the split, attributes, edits) for a synthetic FashionIQ or CIRR folder. Candidate
+    pairs are the split's triplets and, for CIRR, any two members of an image set."""
     attributes = load_attributes(root)
     if not attributes:
         raise ValueError(f"{root}: no attributes.json; the benchmark needs a world made by `python -m cir_demo synth`")
     datasets = load_eval_splits(root, split)
     pairs = [(ds.category or ds.dataset, t.reference, t.target) for ds in datasets for t in ds.triplets
              if t.target is not None]
+    # a CIRR image set is a group of close variants: any two of its members make a candidate pair
+    pairs += [("cirr", a, b) for ds in datasets for t in ds.triplets for a in t.group for b in t.group if a != b]
     return datasets, attributes, sample_edits(datasets[0].dataset, pairs, attributes, per_kind=per_kind, seed=seed)
 
 

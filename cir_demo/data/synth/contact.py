@@ -18,11 +18,13 @@ PANEL_W = 2 * THUMB + 3 * GAP + 30
 INK, MUTED, BG = (30, 30, 34), (110, 110, 120), (255, 255, 255)
 
 
-def _font(size: int):
+def caption_font(size: int):
+    """Pillow's built-in font at ``size`` px."""
     return ImageFont.load_default(size=size)
 
 
-def _wrap(text: str, font, width: int) -> list:
+def wrap_text(text: str, font, width: int) -> list:
+    """``text`` broken into lines of at most ``width`` px."""
     lines, line = [], ""
     for word in text.split():
         trial = f"{line} {word}".strip()
@@ -34,9 +36,10 @@ def _wrap(text: str, font, width: int) -> list:
     return lines + [line] if line else lines
 
 
-def _thumb(img: Image.Image) -> Image.Image:
+def thumbnail(img: Image.Image, side: int = THUMB) -> Image.Image:
+    """A copy of ``img`` fitted into a ``side`` x ``side`` box."""
     img = img.copy()
-    img.thumbnail((THUMB, THUMB), Image.LANCZOS)
+    img.thumbnail((side, side), Image.LANCZOS)
     return img
 
 
@@ -63,14 +66,14 @@ def _draw_row(sheet: Image.Image, x: int, y: int, row) -> None:
     ref, target, text = row
     d = ImageDraw.Draw(sheet)
     for k, img in enumerate((ref, target)):
-        thumb = _thumb(img)
+        thumb = thumbnail(img)
         bx = x + GAP + k * (THUMB + 30 + GAP)
         sheet.paste(thumb, (bx + (THUMB - thumb.width) // 2, y + (THUMB - thumb.height) // 2))
     ax, ay = x + GAP + THUMB + GAP // 2 + 2, y + THUMB // 2
     d.line([(ax, ay), (ax + 22, ay)], fill=MUTED, width=3)
     d.polygon([(ax + 28, ay), (ax + 19, ay - 6), (ax + 19, ay + 6)], fill=MUTED)
-    font = _font(13)
-    for k, line in enumerate(_wrap(text, font, PANEL_W - 2 * GAP)[:3]):
+    font = caption_font(13)
+    for k, line in enumerate(wrap_text(text, font, PANEL_W - 2 * GAP)[:3]):
         d.text((x + GAP, y + THUMB + 4 + 14 * k), line, font=font, fill=INK)
 
 
@@ -83,7 +86,7 @@ def make_contact_sheet(world_dir, out_png, n: int = 4, seed: int = 0) -> Path:
     sheet = Image.new("RGB", (PANEL_W * len(panels), 34 + n * row_h), BG)
     d = ImageDraw.Draw(sheet)
     for p, (title, rows) in enumerate(panels):
-        d.text((p * PANEL_W + GAP, 10), title, font=_font(15), fill=INK)
+        d.text((p * PANEL_W + GAP, 10), title, font=caption_font(15), fill=INK)
         for r, row in enumerate(rows):
             _draw_row(sheet, p * PANEL_W, 34 + r * row_h, row)
     out = Path(out_png)

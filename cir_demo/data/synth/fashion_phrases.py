@@ -6,8 +6,9 @@ flower print, polka dots / spots). Each unit (:data:`~.fashion.UNITS`) has a **t
 the world's captions are drawn from, and a **heldout** pool of sentence frames the world never
 writes (checked by the tests), used only by the visitor-edit benchmark
 (:mod:`cir_demo.eval.visitor`) to ask whether the models understand phrasings they never saw.
-The held-out frames reuse the train pool's content words (a model trained from scratch cannot
-know a colour name it never read) in new frames ("same but in red", "could it be sleeveless").
+The held-out frames keep the words that carry the meaning, which the train pool teaches (a model
+trained from scratch cannot know a colour name or a verb it never read), in frames the world never
+writes ("same but in red", "could it be sleeveless", "no pattern please").
 """
 
 from __future__ import annotations
@@ -58,8 +59,7 @@ def _pattern(a: Garment, b: Garment) -> dict:
         old = "print" if a.pattern in ("graphic", "lettering") else print_noun(a)
         return _pools(["is solid", "is plain", "has no pattern", f"is solid {colour_words(b)}", f"has no {old}",
                        "remove the pattern", "without a pattern", "make it plain", f"without the {old}"],
-                      [f"get rid of the {old}", "same but plain", "could it be plain", f"lose the {old}",
-                       "no pattern please"])
+                      [f"same but without the {old}", "same but plain", "could it be plain", "no pattern please"])
     if b.pattern == "stripes":
         return _pools(["has stripes", "is striped", f"has {pc} stripes", "has horizontal stripes", f"is {pc} striped",
                        "add stripes", "with stripes", "make it striped"],
@@ -117,7 +117,7 @@ def _sleeve(a: Garment, b: Garment) -> dict:
     if b.sleeve == "sleeveless":
         return _pools(["is sleeveless", "has no sleeves", f"is a sleeveless {noun}", "has no sleeves at all",
                        "without sleeves", "remove the sleeves", "make it sleeveless"],
-                      ["lose the sleeves", "same but sleeveless", "no sleeves please", "could it be sleeveless"])
+                      ["same but without sleeves", "same but sleeveless", "no sleeves please", "could it be sleeveless"])
     cmp = _cmp(SLEEVES, a.sleeve, b.sleeve, "longer", "shorter")
     train = [f"has {b.sleeve} sleeves", f"is {b.sleeve} sleeved", f"has {cmp} sleeves", f"with {b.sleeve} sleeves",
              f"make the sleeves {cmp}"]

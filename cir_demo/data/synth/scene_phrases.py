@@ -4,7 +4,8 @@
 one": every change kind (:class:`~.scenes.Change`) has a **train** pool of phrasings, which the
 world's captions are drawn from, and a **heldout** pool of sentence frames the world never
 writes (checked by the tests), used only by the visitor-edit benchmark. As for garments, the
-held-out frames reuse the train pool's content words ("drop the cube", "same but on pink").
+held-out frames keep the words that carry the meaning, which the train pool teaches, in frames the
+world never writes ("could you remove the cube", "same but on pink").
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def _remove(a: Scene, slot: int, rng) -> dict:
     x = refer(a, slot, rng)
     return _pools([f"remove {x}", f"take away {x}", f"get rid of {x}", f"delete {x}", f"take out {x}",
                    f"without {x}"],
-                  [f"drop {x}", f"same but without {x}", f"could you remove {x}", f"lose {x}"])
+                  [f"same but without {x}", f"could you remove {x}", f"now remove {x} please", f"i want it without {x}"])
 
 
 def _move(a: Scene, c: Change, rng) -> dict:
@@ -53,7 +54,7 @@ def _shape(a: Scene, b: Scene, slot: int, rng) -> dict:
         new, old = f"a {new}", f"a {old}"
     return _pools([f"replace {x} with {new}", f"change {x} into {new}", f"turn {x} into {new}",
                    f"show {new} instead of {old}", f"{x} should be {new}"],
-                  [f"same but {new} instead of {old}", f"could {x} be {new}", f"swap {x} for {new}"])
+                  [f"same but {new} instead of {old}", f"could {x} be {new}", f"please turn {x} into {new}"])
 
 
 def _count(a: Scene, b: Scene, slot: int, rng) -> dict:
@@ -71,7 +72,7 @@ def _count(a: Scene, b: Scene, slot: int, rng) -> dict:
     else:
         fewer = "one of the" if n - m == 1 else f"{NUMBER[n - m]} of the"
         train.append(f"remove {fewer} {noun(shape, n, rng)}")
-        heldout.append(f"drop {fewer} {noun(shape, n)}")
+        heldout.append(f"could you remove {fewer} {noun(shape, n)}")
     if m == 1:
         train.append(f"keep only one {shape}")
         heldout.append(f"just one {shape} please")
