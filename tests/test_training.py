@@ -242,3 +242,57 @@ def test_stage1_loss_is_the_papers_and_clip_stays_in_eval_mode(world, clip_file)
 def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert main(["eval", "--data", str(tmp_path), "--clip", str(tmp_path / "none.safetensors")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    import math
+
+    from cir_demo.train.loop import lr_factor
+
+    total = 200  # 3 % warm-up: 6 steps
+    factors = [lr_factor("cosine", s, total) for s in range(total)]
+    assert factors[:6] == pytest.approx([(s + 1) / 6 for s in range(6)])
+    assert factors[6] == pytest.approx(1.0) and factors[-1] < 1e-3
+    assert factors[103] == pytest.approx(0.5 * (1 + math.cos(math.pi * 97 / 194)))
+    assert all(a >= b for a, b in zip(factors[6:], factors[7:]))  # never rises after the warm-up
+    assert lr_factor("constant", 50, total) == 1.0
+    with pytest.raises(ValueError, match="unknown schedule"):
+        lr_factor("step", 0, total)
+
+
+def test_a_cosine_run_resumes_exactly_and_ends_near_zero(world, clip_file, tmp_path):
+    common = ["stage2", "--data", world / "fashioniq", "--clip", clip_file, "--epochs", "2", "--batch-size", "8",
+              "--lr", "1e-3", "--seed", "4", "--schedule", "cosine"]
+    train(*common, "--out", tmp_path / "full")
+    train(*common, "--out", tmp_path / "cut", "--max-steps", "5")
+    train(*common, "--out", tmp_path / "cut", "--resume")
+    full = torch.load(tmp_path / "full" / STATE_FILE, weights_only=True)
+    cut = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)
+    assert cut["step"] == full["step"] == 12
+    for key, value in full["model"].items():
+        assert torch.allclose(cut["model"][key], value, atol=1e-6), key
+    group = full["optimizer"]["param_groups"][0]
+    assert group["initial_lr"] == pytest.approx(1e-3) and group["lr"] < 0.05 * 1e-3  # the last step's rate
+
+
+def test_group_batches_keep_each_group_together(world):
+    from cir_demo.train.groups import group_order, image_groups
+    from cir_demo.train.pretrain import captioned_images
+
+    paths, _ = captioned_images([world / "fashioniq", world / "cirr"], "train")
+    groups = image_groups([world / "fashioniq", world / "cirr"], "train", paths)
+    assert sorted(r for g in groups for r in g) == list(range(len(paths)))  # a partition of the images
+    from cir_demo.data.datasets import load_cirr
+
+    row = {str(p): i for i, p in enumerate(paths)}
+    cirr = load_cirr(world / "cirr", "train")
+    group_of = {r: k for k, g in enumerate(groups) for r in g}
+    for t in cirr.triplets:  # an image set is never split, and reference and target share a group
+        assert len({group_of[row[str(cirr.image_path(n))]] for n in t.group}) == 1
+    order = group_order(groups, seed=0, epoch=3).tolist()
+    assert sorted(order) == list(range(len(paths)))
+    positions = {r: i for i, r in enumerate(order)}
+    for g in groups:  # contiguous in the epoch's order
+        spots = sorted(positions[r] for r in g)
+        assert spots[-1] - spots[0] == len(g) - 1
+    assert order != group_order(groups, seed=0, epoch=4).tolist()

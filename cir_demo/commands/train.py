@@ -50,6 +50,8 @@ def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> 
                    help=f"GLOBAL batch (default {batch}), whatever the number of processes: under torchrun "
                         f"each of N processes takes B/N rows and scores them against all B")
     p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
+                   help="learning rate over the run: constant (the paper) or cosine (3%% warm-up, then down to 0)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
     again = p.add_mutually_exclusive_group()

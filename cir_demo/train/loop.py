@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,7 +52,28 @@ class LoopConfig:
     amp: bool = True                  # only has an effect on CUDA
     progress: bool = True
     drop_last: bool = True            # as the original: a last small batch has too few negatives
+    schedule: str = "constant"        # learning rate over the run: "constant" (the paper) or "cosine"
     extra: dict = field(default_factory=dict)
+
+
+SCHEDULES = ("constant", "cosine")
+WARMUP = 0.03  # cosine: share of the steps spent warming up linearly
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at optimiser step ``step`` (0-based) of ``total``.
+
+    A pure function of the step, so a resumed run takes exactly the rates the uninterrupted one would.
+    ``cosine``: linear warm-up over the first 3 % of the steps, then a half cosine down to 0.
+    """
+    if schedule == "constant" or total <= 0:
+        return 1.0
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    warmup = max(1, int(WARMUP * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 class Task:
@@ -134,6 +156,8 @@ def fit(task: Task, optimizer: torch.optim.Optimizer, cfg: LoopConfig) -> dict:
         torch.manual_seed(stream_seed(cfg.seed, rank, 0))
     start = time.perf_counter()
     task.forward_module = ddp or module
+    for group in optimizer.param_groups:  # kept in the optimiser state: a resumed run scales the same base
+        group.setdefault("initial_lr", group["lr"])
 
     def save(at_epoch: int, batch_in_epoch: int) -> None:  # every rank: it gathers their RNG states
         save_state(out / STATE_FILE, task, optimizer, scaler, cfg, epoch=at_epoch, step=step,
@@ -172,12 +196,20 @@ def _prepare_folder(out: Path, cfg: LoopConfig, resuming: bool) -> None:
     (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2, default=str))
 
 
+def _total_steps(task: Task, cfg: LoopConfig) -> int:
+    """Optimiser steps of the whole run (``--max-steps`` only pauses it: the schedule ignores it)."""
+    per_epoch = epoch_batches(task.num_examples, cfg.batch_size, seed=0, epoch=0, rank=0, world=1,
+                              drop_last=cfg.drop_last)
+    return cfg.epochs * len(per_epoch)
+
+
 def _reached(cfg: LoopConfig, step: int) -> bool:
     return cfg.max_steps is not None and step >= cfg.max_steps
 
 
 def _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook, rank, use_amp):
     """Train on batches[skip:]; returns (step, batches done in this epoch, loss sum, count)."""
+    total = _total_steps(task, cfg)
     bar = batches[skip:]
     if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
@@ -188,6 +220,9 @@ def _run_epoch(task, optimizer, scaler, batches, cfg, epoch, step, skip, logbook
         if _reached(cfg, step):
             break
         task.train_mode()
+        factor = lr_factor(cfg.schedule, step, total)
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * factor
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
             loss = task.loss(rows, step)

@@ -18,7 +18,7 @@ def _loop_config(args, **extra) -> LoopConfig:
     rank, _ = distributed()
     return LoopConfig(out_dir=args.out, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                       max_steps=args.max_steps, resume=args.resume, overwrite=args.overwrite,
-                      validate_every=args.validate_every,
+                      validate_every=args.validate_every, schedule=args.schedule,
                       device=args.device, progress=not args.no_progress and rank == 0, extra=extra)
 
 
