@@ -22,7 +22,10 @@ def run(args) -> int:
     target = Path(args.target)
     if target.exists():
         ckpt = load_checkpoint(args.target, model_name=args.model_name)
-        out = {"config": ckpt.config, "clip": repr(ckpt.clip) if ckpt.clip else None,
+        config = ckpt.config
+        if ckpt.clip is not None and ckpt.clip.vocabulary is not None:  # 200 ids help nobody: say what they are
+            config = {**config, "clip": {**config["clip"], "vocabulary": _vocabulary_summary(ckpt.clip.vocabulary)}}
+        out = {"config": config, "clip": repr(ckpt.clip) if ckpt.clip else None,
                "combiner": ckpt.combiner.dims() if ckpt.combiner else None}
         if ckpt.combiner is not None:
             out["combiner_parameters"] = sum(p.numel() for p in ckpt.combiner.parameters())
@@ -32,6 +35,14 @@ def run(args) -> int:
         out = {"model_name": args.target, "model_config": model_config_for(args.target)}
     print(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def _vocabulary_summary(kept: list) -> str:
+    import open_clip
+
+    decoder = open_clip.SimpleTokenizer().decoder
+    words = [decoder[i].replace("</w>", "") for i in kept]
+    return f"trimmed: {len(kept)} of open_clip's BPE tokens kept ({', '.join(words[:40])}, ...)"
 
 
 def _looks_like_a_file(target: str) -> bool:
