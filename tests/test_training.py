@@ -296,3 +296,18 @@ def test_group_batches_keep_each_group_together(world):
         spots = sorted(positions[r] for r in g)
         assert spots[-1] - spots[0] == len(g) - 1
     assert order != group_order(groups, seed=0, epoch=4).tolist()
+
+
+def test_triplet_groups_link_triplets_that_share_an_image(world):
+    from cir_demo.train.data import load_train_triplets
+    from cir_demo.train.groups import triplet_groups
+
+    data = load_train_triplets(world / "cirr")
+    groups = triplet_groups(data.triplets)
+    assert sorted(r for g in groups for r in g) == list(range(len(data.triplets)))
+    group_of = {r: k for k, g in enumerate(groups) for r in g}
+    for a, ta in enumerate(data.triplets):  # an independent check: sharing an image set means sharing a group
+        for b, tb in enumerate(data.triplets):
+            if set(ta.group) & set(tb.group):
+                assert group_of[a] == group_of[b]
+    assert len(groups) == len({t.group for t in data.triplets})  # CIRR: one group per image set

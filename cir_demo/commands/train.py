@@ -31,11 +31,15 @@ def add_arguments(parser) -> None:
                     help="which CLIP encoder to fine-tune (workshop paper: text)")
     s1.add_argument("--weight-decay", type=float, default=0.01)
     s1.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+    s1.add_argument("--group-batches", action="store_true",
+                    help="batches of whole groups of triplets sharing images: hard negatives for every query")
     s2 = sub.add_parser("stage2", help="train the Combiner on frozen (cached) CLIP features")
     _common(s2, epochs=300, batch=4096, lr=2e-5)
     _clip_source(s2)
     s2.add_argument("--projection-dim", type=int, default=None, help="default 4 x CLIP dim")
     s2.add_argument("--hidden-dim", type=int, default=None, help="default 8 x CLIP dim")
+    s2.add_argument("--group-batches", action="store_true",
+                    help="batches of whole groups of triplets sharing images: hard negatives for every query")
 
 
 def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> None:

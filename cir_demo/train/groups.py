@@ -51,6 +51,17 @@ def image_groups(roots: Sequence, split: str, paths: Sequence[Path]) -> list[lis
     return _components(pairs, range(len(paths)))
 
 
+def triplet_groups(triplets) -> list[list[int]]:
+    """Rows of ``triplets`` grouped so that triplets sharing an image (or a CIRR image set) are
+    together: a batch of whole groups scores each query against its target's close variants."""
+    pairs, first_row = [], {}
+    for row, t in enumerate(triplets):
+        for name in (t.reference, t.target, *t.group):
+            if name is not None:
+                pairs.append((first_row.setdefault(name, row), row))
+    return _components(pairs, range(len(triplets)))
+
+
 def group_order(groups: Sequence[Sequence[int]], *, seed: int, epoch: int) -> torch.Tensor:
     """One epoch's row order: the groups shuffled, each group's rows shuffled and kept together."""
     gen = torch.Generator().manual_seed(seed * 100_003 + epoch)

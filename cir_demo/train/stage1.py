@@ -22,6 +22,7 @@ from cir_demo.model.composers import SumComposer
 from cir_demo.pipeline.encode import open_image
 from cir_demo.train.data import TrainTriplets, encode_image_names, flat_variants, sample_variants
 from cir_demo.train.distributed import gather_batch, global_cross_entropy
+from cir_demo.train.groups import group_order, triplet_groups
 from cir_demo.train.loop import Task
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,10 @@ def freeze_for(clip: ClipModel, encoder: str) -> list[nn.Parameter]:
 class Stage1Task(Task):
     def __init__(self, clip: ClipModel, data: TrainTriplets, encoder: str, *, root, categories, seed: int,
                  device: str, provenance: dict, save_dtype=None, batch_size: int = 64, num_workers: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, group_batches: bool = False):
         self.clip, self.data, self.encoder, self.seed, self.device = clip, data, encoder, seed, device
+        # batches of whole groups: a query's negatives include its target's close variants
+        self.groups = triplet_groups(data.triplets) if group_batches else None
         self.root, self.categories, self.provenance, self.save_dtype = root, categories, provenance, save_dtype
         self.encode_kwargs = {"batch_size": batch_size, "num_workers": num_workers, "progress": progress}
         self.num_examples = len(data.triplets)
@@ -73,6 +76,9 @@ class Stage1Task(Task):
 
     def trainable(self):
         return self.wrapper
+
+    def epoch_order(self, seed: int, epoch: int):
+        return None if self.groups is None else group_order(self.groups, seed=seed, epoch=epoch)
 
     def train_mode(self):
         self.clip.model.eval()  # BatchNorm statistics stay frozen, dropout off: as the original

@@ -19,6 +19,7 @@ from cir_demo.model.combiner import Combiner
 from cir_demo.model.composers import CombinerComposer
 from cir_demo.train.data import CachedTriplets, sample_variants
 from cir_demo.train.distributed import gather_batch, global_cross_entropy
+from cir_demo.train.groups import group_order
 from cir_demo.train.loop import Task
 
 log = logging.getLogger(__name__)
@@ -26,14 +27,18 @@ log = logging.getLogger(__name__)
 
 class Stage2Task(Task):
     def __init__(self, clip: ClipModel, combiner: Combiner, cache: CachedTriplets, val_sets, *, seed: int,
-                 device: str, provenance: dict, save_dtype=None):
+                 device: str, provenance: dict, save_dtype=None, groups=None):
         self.clip, self.combiner, self.cache, self.val_sets = clip, combiner.to(device), cache, val_sets
+        self.groups = groups  # rows of close triplets kept together in batches (hard negatives), or None
         self.seed, self.device, self.provenance, self.save_dtype = seed, device, provenance, save_dtype
         self.num_examples = cache.ref.shape[0]
         self.forward_module = self.combiner
 
     def trainable(self):
         return self.combiner
+
+    def epoch_order(self, seed: int, epoch: int):
+        return None if self.groups is None else group_order(self.groups, seed=seed, epoch=epoch)
 
     def loss(self, rows, step):
         variant = sample_variants(self.cache.n_variants, self.seed, step, rows)  # (b,) this rank's rows

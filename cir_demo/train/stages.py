@@ -69,13 +69,14 @@ def run_stage1(args) -> dict:
     data = load_train_triplets(data_root, args.categories)
     task = Stage1Task(clip, data, args.encoder, root=data_root, categories=args.categories, seed=args.seed,
                       device=args.device, provenance=_provenance(args, "stage1"), save_dtype=args.save_dtype,
-                      **_encode_kwargs(args))
+                      group_batches=args.group_batches, **_encode_kwargs(args))
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     return fit(task, optimizer, _loop_config(args, encoder=args.encoder))
 
 
 def run_stage2(args) -> dict:
     from cir_demo.train.data import cache_triplet_features, load_train_triplets
+    from cir_demo.train.groups import triplet_groups
     from cir_demo.train.stage2 import Stage2Task, build_val_sets
 
     data_root = args.data
@@ -83,12 +84,13 @@ def run_stage2(args) -> dict:
     for p in clip.model.parameters():
         p.requires_grad = False
     enc = _encode_kwargs(args)
-    cache = cache_triplet_features(clip, load_train_triplets(data_root, args.categories), **enc)
+    data = load_train_triplets(data_root, args.categories)
+    cache = cache_triplet_features(clip, data, **enc)
     val_sets = build_val_sets(clip, data_root, args.categories, **enc)
     dim = clip.feature_dim
     combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim)
     provenance = {**_provenance(args, "stage2"), "clip": str(args.clip)}
     task = Stage2Task(clip, combiner, cache, val_sets, seed=args.seed, device=args.device, provenance=provenance,
-                      save_dtype=args.save_dtype)
+                      save_dtype=args.save_dtype, groups=triplet_groups(data.triplets) if args.group_batches else None)
     optimizer = torch.optim.Adam(combiner.parameters(), lr=args.lr)
     return fit(task, optimizer, _loop_config(args))
