@@ -37,8 +37,8 @@ def test_same_seed_same_bytes_whatever_the_workers(tiny, tmp_path):
     out, _ = tiny
     generate_world(tmp_path, seed=0, size="tiny", progress=False, workers=2)
     first, second = _tree(out), _tree(tmp_path)
-    # 3 x 56 garments + 48 scenes + 21 FashionIQ JSON files + 9 CIRR JSON files
-    assert len(first) == 168 + 48 + 21 + 9
+    # 3 x 56 garments + 48 scenes + 22 FashionIQ JSON files + 10 CIRR JSON files
+    assert len(first) == 168 + 48 + 22 + 10
     assert sorted(first) == sorted(second)
     assert [k for k in first if first[k] != second[k]] == []
 

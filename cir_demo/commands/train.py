@@ -22,6 +22,9 @@ def add_arguments(parser) -> None:
     pre.add_argument("--weight-decay", type=float, default=0.1)
     pre.add_argument("--trim-vocabulary", action="store_true",
                      help="keep only the BPE tokens of the training captions (a much smaller token table)")
+    pre.add_argument("--hard-negatives", type=int, default=0, metavar="V",
+                     help="V hard negative captions per image (one attribute word swapped, from the world's "
+                          "lexicon.json), one of them scored against every image each step (default 0: none)")
     pre.add_argument("--group-batches", action="store_true",
                      help="keep groups of close variants (CIRR image sets, linked triplets) together in batches")
     s1 = sub.add_parser("stage1", help="fine-tune CLIP with the normalised element-wise sum")

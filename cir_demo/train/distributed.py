@@ -26,17 +26,18 @@ from cir_demo.config.processes import (  # noqa: F401 - the training code's one 
 )
 
 
-def global_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def global_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, global_rows: Optional[int] = None) -> torch.Tensor:
     """Cross-entropy averaged over the GLOBAL batch, for this rank's query rows.
 
     logits: (n_r, N) this rank's queries against the global batch; labels: (n_r,) columns.
     DDP averages gradients over the W ranks, so each rank returns W / N times its sum: the
-    average of those is the single-process mean, and so is the averaged gradient.
+    average of those is the single-process mean, and so is the averaged gradient. ``global_rows``
+    is N when the logits have more columns than the global batch has queries (extra negatives).
     """
     world = rank_world()[1]
     if world == 1:
         return F.cross_entropy(logits, labels)
-    return F.cross_entropy(logits, labels, reduction="sum") * (world / logits.shape[1])
+    return F.cross_entropy(logits, labels, reduction="sum") * (world / (global_rows or logits.shape[1]))
 
 
 def global_loss_value(loss: torch.Tensor) -> float:

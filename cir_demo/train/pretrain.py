@@ -22,6 +22,7 @@ from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel, build_model, make_tokenizer, model_config_for
 from cir_demo.model.vocab import vocab_size, vocabulary_of
 from cir_demo.pipeline.encode import ImageFiles
+from cir_demo.train.data import flat_variants, sample_variants
 from cir_demo.train.distributed import gather_batch, global_cross_entropy
 from cir_demo.train.groups import group_order
 from cir_demo.train.loop import Task
@@ -83,19 +84,28 @@ def preload_pixels(clip: ClipModel, paths, *, num_workers: int = 0, progress: bo
     return out
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                     negatives: Optional[torch.Tensor] = None, usable: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CLIP's symmetric cross-entropy over a batch of matching pairs.
 
     Under DDP ``image`` and ``text`` are this rank's (b, D) rows: its images are scored against
     the global batch's captions and its captions against the global batch's images, which
     together are the rows of the single-process (B, B) logits this rank owns, both directions.
+    ``negatives`` (b, D): a hard negative caption per image, added as extra candidates for every
+    image (image -> caption direction only, as NegCLIP); ``usable`` (b,) False where a row has none.
     """
     scale = logit_scale.exp().clamp(max=100)
     image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)  # (b, D)
     all_images, offset = gather_batch(image)  # (B, D)
     all_texts, _ = gather_batch(text)  # (B, D)
     labels = offset + torch.arange(len(image), device=image.device)  # (b,)
-    image_to_text = global_cross_entropy(scale * image @ all_texts.T, labels)  # logits (b, B)
+    logits = scale * image @ all_texts.T  # (b, B)
+    if negatives is not None:
+        all_negatives, _ = gather_batch(F.normalize(negatives, dim=-1))  # (B, D)
+        all_usable = gather_batch(usable.float())[0] > 0.5  # (B,): gathered as floats (gloo has no bool)
+        extra = (scale * image @ all_negatives.T).masked_fill(~all_usable[None, :], float("-inf"))  # (b, B)
+        logits = torch.cat([logits, extra], dim=1)  # (b, 2B)
+    image_to_text = global_cross_entropy(logits, labels, global_rows=len(all_texts))
     text_to_image = global_cross_entropy(scale * text @ all_images.T, labels)  # logits (b, B)
     return (image_to_text + text_to_image) / 2
 
@@ -106,9 +116,16 @@ class PretrainTask(Task):
     its batches, so every batch holds hard negatives."""
 
     def __init__(self, clip: ClipModel, pixels: torch.Tensor, captions: list[str], *, device: str,
-                 provenance: dict, val_pixels=None, val_captions=None, save_dtype=None, groups=None):
-        self.clip, self.pixels, self.device, self.groups = clip, pixels, device, groups
+                 provenance: dict, val_pixels=None, val_captions=None, save_dtype=None, groups=None,
+                 negatives: Optional[list] = None, seed: int = 0):
+        self.clip, self.pixels, self.device, self.groups, self.seed = clip, pixels, device, groups, seed
         self.tokens = clip.tokenize(captions)  # (N, L)
+        self.negatives = None
+        if negatives is not None:  # per caption, V swapped captions; a row equal to its caption has none
+            flat, width, self.n_negatives = flat_variants(negatives)
+            self.negatives = clip.tokenize(flat).view(len(captions), width, -1)  # (N, V, L)
+            self.negatives_usable = torch.tensor([[n != c for n in row + [row[-1]] * (width - len(row))]
+                                                  for row, c in zip(negatives, captions)])  # (N, V)
         self.num_examples = len(captions)
         self.wrapper = RawEncoder(clip.model)
         self.forward_module = self.wrapper
@@ -122,9 +139,16 @@ class PretrainTask(Task):
         return None if self.groups is None else group_order(self.groups, seed=seed, epoch=epoch)
 
     def loss(self, rows, step):
-        image, text = self.forward_module(self.pixels[rows].to(self.device, torch.float32),
-                                          self.tokens[rows].to(self.device))
-        return contrastive_loss(image, text, self.clip.model.logit_scale)
+        pixels, tokens = self.pixels[rows].to(self.device, torch.float32), self.tokens[rows]
+        if self.negatives is None:
+            image, text = self.forward_module(pixels, tokens.to(self.device))
+            return contrastive_loss(image, text, self.clip.model.logit_scale)
+        pick = sample_variants(self.n_negatives, self.seed, step, rows)  # (b,) which negative each row uses
+        both = torch.cat([tokens, self.negatives[rows, pick]])  # (2b, L): one forward, as DDP wants
+        image, text = self.forward_module(pixels, both.to(self.device))
+        text, negatives = text.split(len(rows))
+        usable = self.negatives_usable[rows, pick].to(self.device)
+        return contrastive_loss(image, text, self.clip.model.logit_scale, negatives, usable)
 
     @torch.no_grad()
     def validate(self):

@@ -35,6 +35,7 @@ def _provenance(args, stage) -> dict:
 
 def run_pretrain(args) -> dict:
     from cir_demo.train.groups import image_groups
+    from cir_demo.train.negatives import load_lexicon, negative_captions
     from cir_demo.train.pretrain import PretrainTask, captioned_images, new_clip, preload_pixels, training_texts
 
     clip = new_clip(args.model, device=args.device,
@@ -47,9 +48,14 @@ def run_pretrain(args) -> dict:
     groups = image_groups(args.data, "train", paths) if args.group_batches else None
     log.info("clip-pretrain on %d captioned images (%d held out)%s", len(paths), len(val_pixels),
              f", batches of whole groups ({len(groups)} groups)" if groups else "")
+    negatives = None
+    if args.hard_negatives:  # each world's captions swap words of its own lexicon ("star": a shape, or a print)
+        negatives = [row for root in args.data
+                     for row in negative_captions(captioned_images([root], "train")[1], load_lexicon([root]),
+                                                  per_caption=args.hard_negatives, seed=args.seed)]
     task = PretrainTask(clip, pixels, captions, device=args.device, provenance=_provenance(args, "clip-pretrain"),
                         val_pixels=val_pixels, val_captions=val_captions[:1024], save_dtype=args.save_dtype,
-                        groups=groups)
+                        groups=groups, negatives=negatives, seed=args.seed)
     decay = [p for n, p in clip.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in clip.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},

@@ -14,6 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cir_demo.data.synth.attributes import ATTRIBUTES_FILE, record
+from cir_demo.data.synth.lexicon import LEXICON_FILE, garment_lexicon, scene_lexicon
 from cir_demo.data.synth.world import CIRR_SPLITS, FASHION_SPLITS
 
 JPEG_QUALITY = 92
@@ -56,7 +57,8 @@ def render_all(jobs: list, workers: int, progress: bool, desc: str) -> None:
 
 
 def write_fashioniq(root: Path, world: dict) -> list:
-    """Write captions/, image_splits/, absolute_captions.json and attributes.json; return the image jobs."""
+    """Write captions/, image_splits/, absolute_captions.json, attributes.json and lexicon.json; return
+    the image jobs."""
     jobs, absolute, attributes = [], {}, {}
     for category, splits in world.items():
         for split in FASHION_SPLITS:
@@ -70,6 +72,7 @@ def write_fashioniq(root: Path, world: dict) -> list:
                 jobs.append((str(root / "images" / f"{it.name}.jpg"), "fashion", it.content, it.photo))
     write_json(root / "absolute_captions.json", absolute)
     write_json(root / ATTRIBUTES_FILE, attributes)
+    write_json(root / LEXICON_FILE, garment_lexicon())
     return jobs
 
 
@@ -91,8 +94,8 @@ def cirr_relative_path(split: str, index: int, name: str) -> str:
 
 
 def write_cirr(root: Path, world: dict) -> list:
-    """Write cirr/captions/, cirr/image_splits/, absolute_captions.json and attributes.json; return the
-    image jobs."""
+    """Write cirr/captions/, cirr/image_splits/, absolute_captions.json, attributes.json and lexicon.json;
+    return the image jobs."""
     jobs, absolute, attributes, pair_id = [], {}, {}, 0
     for split in CIRR_SPLITS:
         plan = world[split]
@@ -108,4 +111,5 @@ def write_cirr(root: Path, world: dict) -> list:
             jobs.append((str(root / paths[it.name]), "scenes", it.content, it.photo))
     write_json(root / "absolute_captions.json", absolute)
     write_json(root / ATTRIBUTES_FILE, attributes)
+    write_json(root / LEXICON_FILE, scene_lexicon())
     return jobs
