@@ -311,3 +311,25 @@ def test_triplet_groups_link_triplets_that_share_an_image(world):
             if set(ta.group) & set(tb.group):
                 assert group_of[a] == group_of[b]
     assert len(groups) == len({t.group for t in data.triplets})  # CIRR: one group per image set
+
+
+def test_stage2_reference_negative_scores_each_query_against_its_own_reference(world, clip_file):
+    import torch.nn.functional as F
+
+    from cir_demo.model.combiner import Combiner
+    from cir_demo.train.data import cache_triplet_features, load_train_triplets, sample_variants
+    from cir_demo.train.stage2 import Stage2Task
+
+    clip = load_clip("x", str(clip_file))
+    cache = cache_triplet_features(clip, load_train_triplets(world / "fashioniq"), progress=False)
+    combiner = Combiner(96, 384, 768).eval()  # no dropout: the two computations must match exactly
+    task = Stage2Task(clip, combiner, cache, [], seed=0, device="cpu", provenance={}, reference_negative=True)
+    rows = torch.tensor([1, 4, 6])
+    variant = sample_variants(cache.n_variants, 0, 3, rows)
+    query = combiner.combine_features(cache.ref[rows], cache.text[rows, variant])  # (3, D)
+    candidates = F.normalize(torch.cat([cache.target[rows], cache.ref[rows]]), dim=-1)  # targets, then references
+    expected = F.cross_entropy(100 * query @ candidates.T, torch.arange(3))
+    assert float(task.loss(rows, step=3)) == pytest.approx(float(expected), rel=1e-5)
+    task.reference_negative = False
+    plain = F.cross_entropy(100 * query @ candidates[:3].T, torch.arange(3))
+    assert float(task.loss(rows, step=3)) == pytest.approx(float(plain), rel=1e-5)

@@ -43,6 +43,8 @@ def add_arguments(parser) -> None:
     s2.add_argument("--hidden-dim", type=int, default=None, help="default 8 x CLIP dim")
     s2.add_argument("--group-batches", action="store_true",
                     help="batches of whole groups of triplets sharing images: hard negatives for every query")
+    s2.add_argument("--reference-negative", action="store_true",
+                    help="also score each query against its own reference image, as a negative (not in the paper)")
 
 
 def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> None:

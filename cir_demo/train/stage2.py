@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 class Stage2Task(Task):
     def __init__(self, clip: ClipModel, combiner: Combiner, cache: CachedTriplets, val_sets, *, seed: int,
-                 device: str, provenance: dict, save_dtype=None, groups=None):
+                 device: str, provenance: dict, save_dtype=None, groups=None, reference_negative: bool = False):
         self.clip, self.combiner, self.cache, self.val_sets = clip, combiner.to(device), cache, val_sets
         self.groups = groups  # rows of close triplets kept together in batches (hard negatives), or None
+        # The reference is the gallery image nearest to most queries, and a FashionIQ gallery keeps it:
+        # scoring it as a negative of its own query teaches the Combiner to move away from it.
+        self.reference_negative = reference_negative
         self.seed, self.device, self.provenance, self.save_dtype = seed, device, provenance, save_dtype
         self.num_examples = cache.ref.shape[0]
         self.forward_module = self.combiner
@@ -46,8 +49,10 @@ class Stage2Task(Task):
         text = self.cache.text[rows, variant].to(self.device)  # (b, D)
         # CLIP is frozen: the targets need no gradient, only the other ranks' rows as negatives
         targets, offset = gather_batch(self.cache.target[rows].to(self.device))  # (B, D) global batch
-        logits = self.forward_module(ref, text, targets)  # (b, B)
-        return global_cross_entropy(logits, offset + torch.arange(len(rows), device=logits.device))
+        candidates = torch.cat([targets, ref]) if self.reference_negative else targets  # (B [+ b], D)
+        logits = self.forward_module(ref, text, candidates)  # (b, B [+ b])
+        labels = offset + torch.arange(len(rows), device=logits.device)
+        return global_cross_entropy(logits, labels, global_rows=len(targets))
 
     @torch.no_grad()
     def validate(self):

@@ -97,6 +97,7 @@ def run_stage2(args) -> dict:
     combiner = Combiner(dim, args.projection_dim or 4 * dim, args.hidden_dim or 8 * dim)
     provenance = {**_provenance(args, "stage2"), "clip": str(args.clip)}
     task = Stage2Task(clip, combiner, cache, val_sets, seed=args.seed, device=args.device, provenance=provenance,
-                      save_dtype=args.save_dtype, groups=triplet_groups(data.triplets) if args.group_batches else None)
+                      save_dtype=args.save_dtype, groups=triplet_groups(data.triplets) if args.group_batches else None,
+                      reference_negative=args.reference_negative)
     optimizer = torch.optim.Adam(combiner.parameters(), lr=args.lr)
     return fit(task, optimizer, _loop_config(args))
