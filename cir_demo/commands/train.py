@@ -34,6 +34,9 @@ def add_arguments(parser) -> None:
                     help="which CLIP encoder to fine-tune (workshop paper: text)")
     s1.add_argument("--weight-decay", type=float, default=0.01)
     s1.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
+    s1.add_argument("--unknown-words", type=float, default=0.0, metavar="P",
+                    help="trimmed vocabulary only: insert 1-3 unknown tokens into a caption with probability P, so "
+                         "words the training never used do not derail the text tower (default 0)")
     s1.add_argument("--group-batches", action="store_true",
                     help="batches of whole groups of triplets sharing images: hard negatives for every query")
     s2 = sub.add_parser("stage2", help="train the Combiner on frozen (cached) CLIP features")

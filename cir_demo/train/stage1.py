@@ -20,6 +20,7 @@ from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel
 from cir_demo.model.composers import SumComposer
 from cir_demo.pipeline.encode import open_image
+from cir_demo.train.augment import insert_unknown
 from cir_demo.train.data import TrainTriplets, encode_image_names, flat_variants, sample_variants
 from cir_demo.train.distributed import gather_batch, global_cross_entropy
 from cir_demo.train.groups import group_order, triplet_groups
@@ -57,8 +58,11 @@ def freeze_for(clip: ClipModel, encoder: str) -> list[nn.Parameter]:
 class Stage1Task(Task):
     def __init__(self, clip: ClipModel, data: TrainTriplets, encoder: str, *, root, categories, seed: int,
                  device: str, provenance: dict, save_dtype=None, batch_size: int = 64, num_workers: int = 0,
-                 progress: bool = True, group_batches: bool = False):
+                 progress: bool = True, group_batches: bool = False, unknown_rate: float = 0.0):
         self.clip, self.data, self.encoder, self.seed, self.device = clip, data, encoder, seed, device
+        self.unknown_rate = unknown_rate
+        if unknown_rate and not hasattr(clip.tokenizer, "unknown_id"):
+            raise ValueError("--unknown-words needs a CLIP with a trimmed vocabulary (it has an unknown token)")
         # batches of whole groups: a query's negatives include its target's close variants
         self.groups = triplet_groups(data.triplets) if group_batches else None
         self.root, self.categories, self.provenance, self.save_dtype = root, categories, provenance, save_dtype
@@ -91,7 +95,11 @@ class Stage1Task(Task):
 
     def loss(self, rows, step):
         variant = sample_variants(self.n_variants, self.seed, step, rows)  # (b,) this rank's rows
-        tokens = self.tokens[rows, variant].to(self.device)  # (b, L)
+        tokens = self.tokens[rows, variant]  # (b, L)
+        if self.unknown_rate:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_033 + step)  # deterministic in the step
+            tokens = insert_unknown(tokens, self.clip.tokenizer.unknown_id, self.unknown_rate, gen)
+        tokens = tokens.to(self.device)
         refs = [self.data.triplets[r].reference for r in rows.tolist()]
         tgts = [self.data.triplets[r].target for r in rows.tolist()]
         ref_feats, ref_pixels = self._images(refs)

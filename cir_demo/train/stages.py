@@ -75,7 +75,7 @@ def run_stage1(args) -> dict:
     data = load_train_triplets(data_root, args.categories)
     task = Stage1Task(clip, data, args.encoder, root=data_root, categories=args.categories, seed=args.seed,
                       device=args.device, provenance=_provenance(args, "stage1"), save_dtype=args.save_dtype,
-                      group_batches=args.group_batches, **_encode_kwargs(args))
+                      group_batches=args.group_batches, unknown_rate=args.unknown_words, **_encode_kwargs(args))
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-7, weight_decay=args.weight_decay)
     return fit(task, optimizer, _loop_config(args, encoder=args.encoder))
 
