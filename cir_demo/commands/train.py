@@ -1,25 +1,36 @@
 """``python -m cir_demo train {clip-pretrain,stage1,stage2}``: argument parsing and wiring only.
 
-Defaults are the paper's reference hyper-parameters (PAPER.md); the bundled weights'
-README records the values used for the synthetic world. Multi-GPU: ``torchrun
+Defaults are the stage configs' (``cir_demo.train.stages``: the paper's reference
+hyper-parameters, PAPER.md); the bundled weights' README records the values used for the
+synthetic world. Multi-GPU: ``torchrun
 --nproc_per_node N -m cir_demo train ...`` trains the same objective as one process, since
 ``--batch-size`` is the global batch and every query sees all of its negatives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
 log = logging.getLogger(__name__)
 
 
+def _defaults(stage: str) -> dict:
+    """{field: default} of the stage's config: the options' defaults come from the library."""
+    from cir_demo.train.stages import PretrainConfig, Stage1Config, Stage2Config
+
+    cls = {"clip-pretrain": PretrainConfig, "stage1": Stage1Config, "stage2": Stage2Config}[stage]
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="stage", metavar="stage", required=True)
     pre = sub.add_parser("clip-pretrain", help="contrastive training of a small CLIP from scratch")
-    _common(pre, epochs=20, batch=128, lr=5e-4, several=True)
-    pre.add_argument("--model", default="cir-tiny", help="open_clip model name (random init)")
-    pre.add_argument("--weight-decay", type=float, default=0.1)
+    d = _defaults("clip-pretrain")
+    _common(pre, d, several=True)
+    pre.add_argument("--model", default=d["model"], help="open_clip model name (random init)")
+    pre.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     pre.add_argument("--trim-vocabulary", action="store_true",
                      help="keep only the BPE tokens of the training captions (a much smaller token table)")
     pre.add_argument("--hard-negatives", type=int, default=0, metavar="V",
@@ -28,11 +39,12 @@ def add_arguments(parser) -> None:
     pre.add_argument("--group-batches", action="store_true",
                      help="keep groups of close variants (CIRR image sets, linked triplets) together in batches")
     s1 = sub.add_parser("stage1", help="fine-tune CLIP with the normalised element-wise sum")
-    _common(s1, epochs=100, batch=512, lr=2e-6)
-    _clip_source(s1)
-    s1.add_argument("--encoder", choices=("text", "image", "both"), default="text",
+    d = _defaults("stage1")
+    _common(s1, d)
+    _clip_source(s1, d)
+    s1.add_argument("--encoder", choices=("text", "image", "both"), default=d["encoder"],
                     help="which CLIP encoder to fine-tune (workshop paper: text)")
-    s1.add_argument("--weight-decay", type=float, default=0.01)
+    s1.add_argument("--weight-decay", type=float, default=d["weight_decay"])
     s1.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory")
     s1.add_argument("--unknown-words", type=float, default=0.0, metavar="P",
                     help="trimmed vocabulary only: insert 1-3 unknown tokens into a caption with probability P, so "
@@ -40,8 +52,9 @@ def add_arguments(parser) -> None:
     s1.add_argument("--group-batches", action="store_true",
                     help="batches of whole groups of triplets sharing images: hard negatives for every query")
     s2 = sub.add_parser("stage2", help="train the Combiner on frozen (cached) CLIP features")
-    _common(s2, epochs=300, batch=4096, lr=2e-5)
-    _clip_source(s2)
+    d = _defaults("stage2")
+    _common(s2, d)
+    _clip_source(s2, d)
     s2.add_argument("--projection-dim", type=int, default=None, help="default 4 x CLIP dim")
     s2.add_argument("--hidden-dim", type=int, default=None, help="default 8 x CLIP dim")
     s2.add_argument("--group-batches", action="store_true",
@@ -50,7 +63,8 @@ def add_arguments(parser) -> None:
                     help="also score each query against its own reference image, as a negative (not in the paper)")
 
 
-def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> None:
+def _common(p, d: dict, *, several: bool = False) -> None:
+    epochs, batch, lr = d["epochs"], d["batch_size"], d["lr"]
     if several:
         p.add_argument("--data", required=True, nargs="+", help="dataset roots (FashionIQ and/or CIRR folders)")
     else:
@@ -64,7 +78,7 @@ def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> 
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--schedule", choices=("constant", "cosine"), default="constant",
                    help="learning rate over the run: constant (the paper) or cosine (3%% warm-up, then down to 0)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=d["seed"])
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (resumable)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
@@ -72,35 +86,43 @@ def _common(p, *, epochs: int, batch: int, lr: float, several: bool = False) -> 
                             "number of processes, on another the dropout streams are re-seeded")
     again.add_argument("--overwrite", action="store_true",
                        help="start afresh in an --out that holds a run, deleting its log, state and weights")
-    p.add_argument("--validate-every", type=int, default=1, help="epochs between validations")
+    p.add_argument("--validate-every", type=int, default=d["validate_every"], help="epochs between validations")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for image decoding")
     p.add_argument("--save-dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="storage dtype of best weights")
     p.add_argument("--no-progress", action="store_true")
 
 
-def _clip_source(p) -> None:
+def _clip_source(p, d: dict) -> None:
     p.add_argument("--clip", required=True,
                    help="CLIP weights: our checkpoint, an official .pt, a file, or a tag (e.g. openai) with --clip-model")
-    p.add_argument("--clip-model", default="RN50x4", help="open_clip model name (for tags and plain files)")
+    p.add_argument("--clip-model", default=d["clip_model"], help="open_clip model name (for tags and plain files)")
 
 
-def run(args) -> int:
+def config_of(args, world: int = 1):
+    """The stage config the parsed options describe (device resolved, one GPU per process of
+    ``world``, fp32 storage as None)."""
     import torch
 
     from cir_demo.config.runtime import default_device, dtype_of
+    from cir_demo.train.stages import PretrainConfig, Stage1Config, Stage2Config
+
+    cls = {"clip-pretrain": PretrainConfig, "stage1": Stage1Config, "stage2": Stage2Config}[args.stage]
+    device = str(default_device(args.device))
+    if device == "cuda" and world > 1:
+        device = f"cuda:{torch.cuda.current_device()}"
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    given.update(device=device, progress=not args.no_progress,
+                 save_dtype=None if args.save_dtype == "fp32" else dtype_of(args.save_dtype))
+    return cls(**given)
+
+
+def run(args) -> int:
     from cir_demo.train import stages
     from cir_demo.train.distributed import distributed
     from cir_demo.train.resume import check_run_folder
 
     check_run_folder(args.out, resume=args.resume, overwrite=args.overwrite)  # before minutes of loading
-    rank, world = distributed()  # before anything touches a GPU: each rank gets its own device
-    torch.manual_seed(args.seed)
-    args.device = str(default_device(args.device))
-    if args.device == "cuda" and world > 1:
-        args.device = f"cuda:{torch.cuda.current_device()}"
-    args.save_dtype = None if args.save_dtype == "fp32" else dtype_of(args.save_dtype)
-    result = {"clip-pretrain": stages.run_pretrain, "stage1": stages.run_stage1,
-              "stage2": stages.run_stage2}[args.stage](args)
-    print(json.dumps(result, default=float))
+    _, world = distributed()  # before anything touches a GPU: each rank gets its own device
+    print(json.dumps(stages.run(config_of(args, world)), default=float))
     return 0
