@@ -4,7 +4,7 @@ import json
 
 from cir_demo.data.synth import WORLD_FORMAT
 from cir_demo.serve.deploy import WorldSpec
-from cir_demo.serve.prepare import world_is_current
+from cir_demo.serve.prepare import WORLD_RECORD, world_files, world_is_current
 
 
 def _stamp(root, **meta):
@@ -12,6 +12,7 @@ def _stamp(root, **meta):
         (root / dataset).mkdir(parents=True, exist_ok=True)
         (root / dataset / "synth.json").write_text(json.dumps({"seed": 0, "size": "default",
                                                                "drawn_splits": ["val"], **meta}))
+    (root / WORLD_RECORD).write_text(json.dumps(world_files(root)))  # as ensure_world records it
 
 
 def test_an_older_generators_world_is_redrawn(tmp_path):

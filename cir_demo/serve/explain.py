@@ -5,7 +5,9 @@ composed query (a heat map), and which words of the caption moved its score.
   the composed query by cosine, over the model's own view of the image (padded and cropped as the
   model saw it). One image-tower pass.
 * The words: the query composed again with each word left out (one batch through the caption
-  tower and the composer); a word's weight is how much the hit's score drops without it.
+  tower and the composer); a word's weight is how much less the hit wins over the reference
+  without it (the drop in score(hit) - score(reference)). Against the reference, not the raw score:
+  dropping any word moves the whole query, and every image's score with it.
 The query is made exactly as ``Engine.search`` makes it.
 """
 
@@ -51,6 +53,8 @@ def explain(engine, gallery: str, *, reference, caption: str, hit: str, hit_imag
         image = image.to(engine.device).expand(len(variants), -1)  # (V, D)
         queries = comp(image, engine.text_features(variants)).float()  # (V, D)
         without = entry.gallery.scores_of(queries, row)[:, 0]  # (V,)
-        weights = [(word, score - float(s)) for word, s in zip(kept, without.tolist())]
+        margin = score - float(F.cosine_similarity(query.float(), image[0].float(), dim=-1))
+        without_margin = without.float().cpu() - F.cosine_similarity(queries, image.float(), dim=-1).cpu()
+        weights = [(word, margin - float(m)) for word, m in zip(kept, without_margin.tolist())]
     return Explanation(hit=hit, score=score, heat=heat.cpu().tolist(), words=weights,
                        view=clip.preprocess.crop(hit_image), ms=(time.perf_counter() - start) * 1000)

@@ -43,8 +43,8 @@ class Explanation:
     """Why one hit ranks where it does (``cir_demo.serve.explain``).
 
     ``heat``: (h, w) cosine of each location of the hit's image with the composed query, over
-    ``view`` (the S x S picture the model saw); ``words``: (word, score drop without it) in
-    caption order; ``score``: the hit's score for the full query; ``ms``: time taken.
+    ``view`` (the S x S picture the model saw); ``words``: (word, how much less the hit wins over
+    the reference without it) in caption order; ``score``: the hit's score for the full query; ``ms``: time taken.
     """
     hit: str
     score: float

@@ -47,5 +47,5 @@ def why_html(explanation, rank: int) -> str:
             f"{explanation.ms:.0f} ms)</p>"
             f'<img src="{src}" alt="where {name} agrees with the query" width="{SIDE}" height="{SIDE}">'
             f"<p>Red: where the image agrees with the query most, on the model's own view of it.</p>"
-            f"<p>{words}</p><p>Green words raised this image's score, red ones lowered it (the score "
-            f"without each word, compared).</p></div>")
+            f"<p>{words}</p><p>Green words pulled the search towards this image and away from the "
+            f"reference, red ones the other way (the search run again without each word).</p></div>")
