@@ -37,6 +37,16 @@ def train(*argv):
     assert main(["train", *map(str, argv), "--no-progress"]) == 0
 
 
+def same_state_after_resume(tmp_path, *, steps: int) -> dict:
+    """The "full" run's saved state, after checking the resumed "cut" run ended on the same one."""
+    full = torch.load(tmp_path / "full" / STATE_FILE, weights_only=True)
+    cut = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)
+    assert cut["step"] == full["step"] == steps
+    for key, value in full["model"].items():
+        assert torch.allclose(cut["model"][key], value, atol=1e-6), key
+    return full
+
+
 def first_vs_last(losses, n=3):
     values = [loss for _, loss in losses]
     return sum(values[:n]) / n, sum(values[-n:]) / n
@@ -175,11 +185,7 @@ def test_resume_when_max_steps_lands_on_an_epoch_end(world, clip_file, tmp_path)
     assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (1, 6, 0)
     assert (tmp_path / "cut" / "best.safetensors").is_file()  # the finished epoch was validated
     train(*common, "--out", tmp_path / "cut", "--resume")
-    full = torch.load(tmp_path / "full" / STATE_FILE, weights_only=True)
-    cut = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)
-    assert cut["step"] == full["step"] == 12
-    for key, value in full["model"].items():
-        assert torch.allclose(cut["model"][key], value, atol=1e-6), key
+    full = same_state_after_resume(tmp_path, steps=12)
     assert_refused(["train", *map(str, common[:-2]), "--seed", "3", "--out", str(tmp_path / "cut"), "--resume",
                     "--epochs", "3", "--no-progress"], "cannot resume")
 
@@ -266,11 +272,7 @@ def test_a_cosine_run_resumes_exactly_and_ends_near_zero(world, clip_file, tmp_p
     train(*common, "--out", tmp_path / "full")
     train(*common, "--out", tmp_path / "cut", "--max-steps", "5")
     train(*common, "--out", tmp_path / "cut", "--resume")
-    full = torch.load(tmp_path / "full" / STATE_FILE, weights_only=True)
-    cut = torch.load(tmp_path / "cut" / STATE_FILE, weights_only=True)
-    assert cut["step"] == full["step"] == 12
-    for key, value in full["model"].items():
-        assert torch.allclose(cut["model"][key], value, atol=1e-6), key
+    full = same_state_after_resume(tmp_path, steps=12)
     group = full["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == pytest.approx(1e-3) and group["lr"] < 0.05 * 1e-3  # the last step's rate
 
