@@ -55,3 +55,15 @@ def test_image_features_read_the_worlds_attributes(fresh_world, bundle):
         ["background", "groups", "left occupied", "centre colour", "right size"]
     for attribute in read:
         assert results[attribute].accuracy > results[attribute].majority + 10, results[attribute]
+
+
+@pytest.mark.parametrize("dataset", ["fashioniq", "cirr"])
+def test_the_pages_examples_are_words_the_shipped_models_read(dataset):
+    """An example with a word outside the trimmed vocabulary would reach the text tower as the
+    unknown token ("has a floral pattern" once found nothing floral): every example must be read whole."""
+    from cir_demo.ui.handlers import EXAMPLES
+
+    tokenizer = load_checkpoint(WEIGHTS_DIR / f"{dataset}.safetensors").clip.tokenizer
+    assert EXAMPLES[dataset]
+    for example in EXAMPLES[dataset]:
+        assert tokenizer.unknown_id not in tokenizer([example])[0].tolist(), example

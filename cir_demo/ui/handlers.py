@@ -34,10 +34,11 @@ UI_MAX_K = min(MAX_K, 200)
 COMPARE_MAX_K = 12
 COMPOSER_ORDER = ("combiner", "sum", "image", "text")
 COMPOSER_LABELS = {"combiner": "Combiner", "sum": "Sum (stage 1)", "image": "Image only", "text": "Text only"}
-EXAMPLES = {"fashioniq": ["is darker", "has long sleeves and is red", "is more fitted with a v-neck",
-                          "has a flower print"],
-            "cirr": ["change the background to pink", "add a small red ball on the left",
-                     "remove the cubes", "make the objects larger"]}
+# Edits the bundled models answer most often from any reference (python -m cir_demo visitor measures
+# edits; tests check every word here is in the models' vocabulary).
+EXAMPLES = {"fashioniq": ["make it red", "has no sleeves", "has stripes", "has long sleeves"],
+            "cirr": ["change the background to pink", "remove the cubes", "add a small red ball on the left",
+                     "make the ball red"]}
 THUMB_PX = 160  # an upload is shown as a small in-memory thumbnail; the photo itself is not kept
 TAP_MODES = ("refines from it", "explains why it ranks there")
 
