@@ -105,9 +105,10 @@ def test_arrival_shows_a_retrieval_with_the_query_in_the_first_screen(page, app)
     assert reference in crumbs(page) and page.input_value("#caption textarea") == caption
     assert result_count(page) == 50 and "Target found at #1" in page.inner_text("#status")
     screen = VIEWPORTS[page.kind]["height"]
+    assert page.evaluate("window.scrollY") == 0  # the first screen is the top of the page
     for selector in ("#reference img", "#caption textarea", "#search-btn"):
         box = page.locator(selector).first.bounding_box()
-        assert box["y"] + box["height"] <= screen, (selector, box)
+        assert box["y"] >= 0 and box["y"] + box["height"] <= screen, (selector, box)
     # results flow in the page: nothing scrolls inside the gallery
     inner = page.evaluate("""() => [...document.querySelectorAll('#results, #results *')].filter(e =>
         e.scrollHeight > e.clientHeight + 2 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowY)).length""")

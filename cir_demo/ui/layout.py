@@ -40,8 +40,10 @@ DOWNLOAD_JS = ("(data) => { if (!data) { return; } const blob = new Blob([JSON.s
 NAMES_JS = ("(on) => { for (const id of ['results', 'group']) { const e = document.getElementById(id); "
             "if (e) { e.classList.toggle('names', on); } } return on; }")
 COPY_JS = "(v) => v"
-SHOW_WHY_JS = ("() => { const e = document.getElementById('why'); "
-               "if (e && e.innerText.trim()) { e.scrollIntoView({behavior: 'smooth', block: 'nearest'}); } }")
+# Only a drawn explanation is scrolled to: the panel also changes (to a hint, or empty) on arrival and
+# on every search, and scrolling then would move a phone's first screen away from the query.
+SHOW_WHY_JS = ("() => { const e = document.querySelector('#why .why-panel'); "
+               "if (e) { e.scrollIntoView({behavior: 'smooth', block: 'nearest'}); } }")
 
 
 @dataclass
