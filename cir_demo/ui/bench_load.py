@@ -66,16 +66,35 @@ def check_loopback(url: str) -> None:
         raise ValueError(f"load is only ever sent to this machine (loopback), not to {host!r}")
 
 
-def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seconds: float = 120.0,
-             think_s: float = 0.0) -> LoadResult:
-    """Drive ``users`` concurrent clients, ``queries`` searches each (bounded by ``max_seconds``);
-    each user pauses ``think_s`` after every answer (0: back to back, the harshest case)."""
+def _search_callers(url: str, users: int, client: str) -> list:
+    """One ``(gallery, reference, caption) -> hits`` callable per user. ``gradio_client``: what most
+    API users run; ``raw``: the queue's own HTTP protocol from the standard library, whose client
+    side costs a small fraction of gradio_client's (so the figures are the server's)."""
+    if client == "raw":
+        from cir_demo.ui.http_client import fn_index, join
+
+        index = fn_index(url, "search")
+
+        def raw(gallery, reference, caption):
+            answer = join(url, index, [gallery, reference, caption, 50, "combiner"])
+            if not answer["success"]:
+                raise RuntimeError(answer["error"] or f"HTTP {answer['status']}")
+            return answer["output"][0]["hits"]
+        return [raw] * users
     from gradio_client import Client
 
+    clients = [Client(url, verbose=False) for _ in range(users)]
+    return [lambda g, r, c, cl=cl: cl.predict(g, r, c, 50, "combiner", api_name="/search")["hits"] for cl in clients]
+
+
+def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seconds: float = 120.0,
+             think_s: float = 0.0, client: str = "gradio_client") -> LoadResult:
+    """Drive ``users`` concurrent clients, ``queries`` searches each (bounded by ``max_seconds``);
+    each user pauses ``think_s`` after every answer (0: back to back, the harshest case)."""
     check_loopback(url)
     result, lock = LoadResult(users), threading.Lock()
+    callers = _search_callers(url, users, client)
     deadline = time.perf_counter() + max_seconds
-    clients = [Client(url, verbose=False) for _ in range(users)]
     barrier = threading.Barrier(users)
 
     def user(i: int) -> None:
@@ -87,8 +106,8 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
             gallery, reference, caption = cases[(i * queries + q) % len(cases)]
             start = time.perf_counter()
             try:
-                out = clients[i].predict(gallery, reference, caption, 50, "combiner", api_name="/search")
-                error = None if len(out["hits"]) == min(50, len(out["hits"])) and out["hits"] else "no hits"
+                hits = callers[i](gallery, reference, caption)
+                error = None if hits else "no hits"
             except Exception as err:  # noqa: BLE001 - every failure is counted and reported
                 error = f"{type(err).__name__}: {str(err)[:120]}"
             elapsed = (time.perf_counter() - start) * 1000
@@ -166,13 +185,16 @@ def main(argv: Optional[list] = None) -> int:
     parser.add_argument("--app-dir", type=Path, default=PROJECT_DIR, help="the checkout whose app.py runs")
     parser.add_argument("--cache", default=None, help="the app's cache folder (default: a fresh temporary one)")
     parser.add_argument("--heavy", action="store_true", help="also: search p95 while the heavy group is busy")
+    parser.add_argument("--client", choices=("gradio_client", "raw"), default="gradio_client",
+                        help="how the users call /search (raw: the queue's HTTP protocol, a light client)")
     args = parser.parse_args(argv)
 
     def measure(url: str) -> None:
         cases = make_cases(url, 200)
         result = run_load(url, cases, users=args.users, queries=args.queries, max_seconds=args.max_seconds,
-                          think_s=args.think)
-        print(json.dumps({"bench": "app_load_search_k50", "think_s": args.think, **result.summary(),
+                          think_s=args.think, client=args.client)
+        print(json.dumps({"bench": "app_load_search_k50", "client": args.client, "think_s": args.think,
+                          **result.summary(),
                           **cpu_description()}), flush=True)
         if args.heavy:
             print(json.dumps({"bench": "app_search_while_heavy", **run_head_of_line(url, cases),
