@@ -7,7 +7,7 @@ results depend on the machine's load at that moment. Reduced precision is used o
 feels it: when the caption tower and the Combiner in fp32 together take longer than
 ``LATENCY_BUDGET_MS`` per query, measured in CPU time on one thread (RN50x4: about 60 ms); then the probe of
 ``cir_demo.serve.precision`` picks the fastest precision within cosine 0.999 of fp32. The built-in
-model takes about 1.5 ms in fp32 and is served in fp32.
+model takes about 1 ms in fp32 and is served in fp32.
 
 The record is a small JSON file (the app keeps it in its cache folder) keyed by the machine
 (CPU model and flags, torch version, threads) and the model (CLIP fingerprint, Combiner weights).
