@@ -241,7 +241,7 @@ def test_stage1_loss_is_the_papers_and_clip_stays_in_eval_mode(world, clip_file)
         tgt = torch.stack([task.image_cache[data.triplets[r].target] for r in rows.tolist()])
         logits = 100 * F.normalize(ref + clip.encode_text(captions), dim=-1) @ F.normalize(tgt, dim=-1).T
         expected = F.cross_entropy(logits, torch.arange(4))
-    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     assert not next(clip.model.visual.parameters()).requires_grad
 
 
@@ -331,10 +331,10 @@ def test_stage2_reference_negative_scores_each_query_against_its_own_reference(w
     query = combiner.combine_features(cache.ref[rows], cache.text[rows, variant])  # (3, D)
     candidates = F.normalize(torch.cat([cache.target[rows], cache.ref[rows]]), dim=-1)  # targets, then references
     expected = F.cross_entropy(100 * query @ candidates.T, torch.arange(3))
-    assert float(task.loss(rows, step=3).detach()) == pytest.approx(float(expected), rel=1e-5)
+    assert float(task.loss(rows, step=3).detach()) == pytest.approx(float(expected.detach()), rel=1e-5)
     task.reference_negative = False
     plain = F.cross_entropy(100 * query @ candidates[:3].T, torch.arange(3))
-    assert float(task.loss(rows, step=3).detach()) == pytest.approx(float(plain), rel=1e-5)
+    assert float(task.loss(rows, step=3).detach()) == pytest.approx(float(plain.detach()), rel=1e-5)
 
 
 def test_the_library_takes_a_typed_config_and_trains_as_the_cli_does(world, clip_file, tmp_path):
