@@ -4,6 +4,7 @@ on the top hit other than the reference."""
 import dataclasses
 
 import torch
+from PIL import Image
 
 from cir_demo.cli import main
 from cir_demo.data.synth.attributes import load_attributes
@@ -11,6 +12,7 @@ from cir_demo.data.synth.fashion import Garment
 from cir_demo.data.synth.scenes import Group, Scene
 from cir_demo.eval.visitor import judge_rankings, world_edits
 from cir_demo.eval.visitor_edits import VisitorEdit, edit_kind, is_hit
+from cir_demo.eval.visitor_sheet import THUMB
 
 TEAL = Garment("dress", "teal", "normal", "solid", None, 0, "long", "round", "maxi", "fitted")
 
@@ -82,13 +84,16 @@ def test_rankings_are_judged_on_the_top_hit_other_than_the_reference(tiny_traini
     assert all(o.hit and not o.reference_first for o in outcomes)
 
 
-def test_the_command_prints_hit_rates(tiny_training_world, tiny_clip_file, capsys):
+def test_the_command_prints_hit_rates(tiny_training_world, tiny_clip_file, capsys, tmp_path):
     assert main(["visitor", "--data", str(tiny_training_world / "fashioniq"), str(tiny_training_world / "cirr"),
-                 "--clip", str(tiny_clip_file), "--composer", "sum", "--per-kind", "5", "--no-progress"]) == 0
+                 "--clip", str(tiny_clip_file), "--composer", "sum", "--per-kind", "5", "--no-progress",
+                 "--sheet", str(tmp_path / "sheet.png")]) == 0
     out = capsys.readouterr().out
     assert "| fashioniq | **all** |" in out and "| cirr | **all** |" in out
     assert "the reference itself ranks first in" in out
     assert load_attributes(tiny_training_world / "cirr")
+    with Image.open(tmp_path / "sheet.png") as sheet:  # the sheet of the same run, both datasets
+        assert sheet.width > 4 * THUMB and sheet.height > 2 * (30 + THUMB)
 
 
 def test_the_sheet_frames_each_hit_by_the_judge(tiny_training_world, tiny_clip_file, tmp_path):

@@ -19,6 +19,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="which edits and phrasings are drawn")
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", default=None, help="also write every outcome to this JSON file")
+    parser.add_argument("--sheet", default=None, metavar="PNG",
+                        help="also draw a contact sheet of a few edits per kind and their top hits")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -47,6 +49,10 @@ def run(args) -> int:
         reports.append(run_visitor(clip, make_composer(name, combiner), data, per_kind=args.per_kind,
                                    seed=args.seed, progress=not args.no_progress))
     print(format_report(reports))
+    if args.sheet:
+        from cir_demo.eval.visitor_sheet import make_visitor_sheet
+
+        make_visitor_sheet(reports, args.data, args.sheet)
     if args.json:
         Path(args.json).write_text(json.dumps([{"dataset": r.dataset, "hit_rate": r.hit_rate,
                                                 "reference_first": r.reference_first,

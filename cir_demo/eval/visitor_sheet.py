@@ -1,12 +1,11 @@
 """A contact sheet of visitor edits: reference, the typed edit, and the top hits other than the
 reference, each framed green when the judge calls it an answer and red when not.
 
-``python -m cir_demo.eval.visitor_sheet OUT.png --data WORLD/fashioniq WORLD/cirr --clip ... --combiner ...``
+``python -m cir_demo visitor ... --sheet OUT.png`` draws it from the benchmark's own run.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Sequence
 
@@ -86,24 +85,3 @@ def make_visitor_sheet(reports: Sequence[VisitorReport], roots: Sequence, out_pn
     sheet.save(out, optimize=True)
     return out
 
-
-def main(argv=None) -> int:
-    from cir_demo.eval.visitor import run_visitor
-    from cir_demo.model import load_checkpoint, make_composer
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out")
-    parser.add_argument("--data", nargs="+", required=True)
-    parser.add_argument("--clip", nargs="+", required=True, help="one bundled checkpoint per --data folder")
-    parser.add_argument("--per-kind", type=int, default=2)
-    args = parser.parse_args(argv)
-    reports = []
-    for root, path in zip(args.data, args.clip):
-        ckpt = load_checkpoint(path)
-        reports.append(run_visitor(ckpt.clip, make_composer("combiner", ckpt.combiner), root))
-    make_visitor_sheet(reports, args.data, args.out, per_kind=args.per_kind)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

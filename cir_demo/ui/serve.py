@@ -115,7 +115,7 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
     out = demo.launch(server_name=host, server_port=port, css=css(), footer_links=["api"],
                       max_file_size=MAX_UPLOAD_BYTES, state_session_capacity=SESSION_CAPACITY,
                       app_kwargs=app_kwargs, quiet=True, prevent_thread_lock=True, **kwargs)
-    if not quiet:  # our own line: Gradio's also advertises share=True, which this app never uses
+    if not quiet:  # our own line instead of Gradio's, which also advertises a public share link this app never makes
         print(f"serving on {demo.local_url} (Ctrl-C stops it)", file=sys.stderr, flush=True)
     if block:
         demo.block_thread()
