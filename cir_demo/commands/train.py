@@ -18,10 +18,9 @@ log = logging.getLogger(__name__)
 
 def _defaults(stage: str) -> dict:
     """{field: default} of the stage's config: the options' defaults come from the library."""
-    from cir_demo.train.stages import PretrainConfig, Stage1Config, Stage2Config
+    from cir_demo.train.stages import STAGES
 
-    cls = {"clip-pretrain": PretrainConfig, "stage1": Stage1Config, "stage2": Stage2Config}[stage]
-    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {f.name: f.default for f in dataclasses.fields(STAGES[stage]) if f.default is not dataclasses.MISSING}
 
 
 def add_arguments(parser) -> None:
@@ -105,9 +104,9 @@ def config_of(args, world: int = 1):
     import torch
 
     from cir_demo.config.runtime import default_device, dtype_of
-    from cir_demo.train.stages import PretrainConfig, Stage1Config, Stage2Config
+    from cir_demo.train.stages import STAGES
 
-    cls = {"clip-pretrain": PretrainConfig, "stage1": Stage1Config, "stage2": Stage2Config}[args.stage]
+    cls = STAGES[args.stage]
     device = str(default_device(args.device))
     if device == "cuda" and world > 1:
         device = f"cuda:{torch.cuda.current_device()}"

@@ -123,6 +123,9 @@ def _provenance(cfg: RunConfig, stage) -> dict:
             "command": f"python -m cir_demo train {stage}"}
 
 
+STAGES = {"clip-pretrain": PretrainConfig, "stage1": Stage1Config, "stage2": Stage2Config}  # CLI name: config
+
+
 def run(cfg: RunConfig) -> dict:
     """Run the stage ``cfg`` configures (its type says which)."""
     runner = {PretrainConfig: run_pretrain, Stage1Config: run_stage1, Stage2Config: run_stage2}.get(type(cfg))
