@@ -25,6 +25,10 @@ MAX_UPLOAD_BYTES = 20 * 2 ** 20          # a phone photo is 3-8 MB
 MAX_JSON_BYTES = 64 * 2 ** 10            # an event's JSON: a 1,000-character caption and a few small values
 UPLOAD_QUOTA_BYTES = 2 * 2 ** 30         # the upload folder's total; uploads wait while it is fuller
 MAX_QUEUE = 256                          # events waiting; more are refused (503), never piled up
+QUEUE_STATUS_EVERY_S = 2.0               # queue positions sent to waiting clients this often, not at every job
+# Gradio's queue keeps the last 10,000 events for its monitoring page (which the guard closes) and
+# rebuilds a pandas summary of all of them after every event: most of a search's server CPU under load.
+GRADIO_QUEUE_ENV = {"GRADIO_ANALYTICS_MAX_EVENTS": "1", "GRADIO_ANALYTICS_CACHE_FREQUENCY": str(2 ** 62)}
 SESSION_CAPACITY = 1000                  # Gradio's default is 10,000 sessions
 SESSION_IDLE_S = float(os.environ.get("CIR_DEMO_SESSION_IDLE_S", 20 * 60))
 REAP_EVERY_S = max(1.0, min(60.0, SESSION_IDLE_S / 4))

@@ -99,7 +99,7 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
 
     from cir_demo.ui.guard import RequestGuard, event_tables
     from cir_demo.ui.layout import css
-    from cir_demo.ui.limits import MAX_QUEUE, MAX_UPLOAD_BYTES, SESSION_CAPACITY, session_reaper
+    from cir_demo.ui.limits import GRADIO_QUEUE_ENV, MAX_QUEUE, MAX_UPLOAD_BYTES, QUEUE_STATUS_EVERY_S, SESSION_CAPACITY, session_reaper
     from cir_demo.ui.uploads import upload_folder
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
@@ -107,7 +107,9 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
     serving_threads()
     host = host or os.environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", 0) or 0) or None
-    demo.queue(default_concurrency_limit=2, max_size=MAX_QUEUE)
+    for name, value in GRADIO_QUEUE_ENV.items():
+        os.environ.setdefault(name, value)  # read when the queue is made, just below
+    demo.queue(default_concurrency_limit=2, max_size=MAX_QUEUE, status_update_rate=QUEUE_STATUS_EVERY_S)
     app_kwargs = {"middleware": [Middleware(RequestGuard, upload_folder=upload_folder, **event_tables(demo))],
                   "lifespan": session_reaper(upload_folder=upload_folder)}
     block = not kwargs.pop("prevent_thread_lock", False)
