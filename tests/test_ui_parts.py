@@ -188,6 +188,18 @@ def test_a_payload_names_an_upload_or_nothing(upload_root):
             uploads.payload_bytes(types.SimpleNamespace(path=path))
 
 
+def test_the_upload_button_describes_its_api_as_gradio_does_without_rebuilding_it():
+    import gradio as gr
+
+    from cir_demo.ui.uploads import UploadPhoto
+
+    ours, gradios = UploadPhoto("photo", render=False), gr.UploadButton("photo", render=False)
+    first = ours.api_info()
+    assert first == gradios.api_info() == ours.api_info_as_input() and first["title"] == "FileData"
+    first["title"] = "changed by a caller"
+    assert ours.api_info()["title"] == "FileData"  # each caller gets its own copy
+
+
 def test_zerogpu_wraps_model_calls_only_on_a_zerogpu_space(monkeypatch):
     from cir_demo.ui import zerogpu
 

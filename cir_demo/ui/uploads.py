@@ -19,6 +19,7 @@ the upload's bytes (on a phone it offers the camera too).
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import stat
@@ -111,11 +112,21 @@ def payload_bytes(payload) -> Optional[bytes]:
     return take_upload(path)
 
 
+_API_INFO: dict = {}  # file_count -> the upload's API schema, made once
+
+
 class UploadPhoto(gr.UploadButton):
     """``gr.UploadButton`` for one image, handing its handler the upload's bytes by the rule above."""
 
     def get_block_name(self) -> str:
         return "uploadbutton"
+
+    def api_info(self) -> dict:
+        # Gradio asks three times for every new session (its per-session copy of the page config),
+        # and pydantic rebuilds the schema each time: most of a new session's set-up cost.
+        if self.file_count not in _API_INFO:
+            _API_INFO[self.file_count] = super().api_info()
+        return copy.deepcopy(_API_INFO[self.file_count])
 
     async def async_move_resource_to_block_cache(self, url_or_file_path):
         # Gradio would download a URL a client names into its cache before preprocessing.
