@@ -102,6 +102,9 @@ def test_the_worst_accepted_images_cost_a_bounded_peak(server, name, make):
     assert grown_mb < 400
 
 
+SESSIONS = 200
+
+
 def test_memory_is_reused_after_sessions_expire(server):
     """Visitors who arrive, search and leave (and API clients, who never say goodbye): a session's
     widgets are kept until it has been idle a while, then freed, so the next visitors reuse that
@@ -114,7 +117,7 @@ def test_memory_is_reused_after_sessions_expire(server):
 
     def visitors(tag: str) -> int:
         before = memory_kb(process.pid, "VmRSS")
-        for i in range(150):
+        for i in range(SESSIONS):
             session = f"{tag}{i}"
             assert join(base, arrive, [], session=session)["success"] is True
             assert join(base, ui_search, [None, caption, 5, "combiner"], session=session)["success"] is not True
@@ -124,8 +127,10 @@ def test_memory_is_reused_after_sessions_expire(server):
     first = visitors("a")
     time.sleep(IDLE_S * 3)  # every session of the first batch has expired
     second = visitors("b")
-    print(f"150 sessions: +{first / 1024:.1f} MB; 150 more after they expired: +{second / 1024:.1f} MB")
-    assert first > 3 * 1024 and second < first / 3, (first, second)
+    print(f"{SESSIONS} sessions: +{first / 1024:.1f} MB; {SESSIONS} more after they expired: +{second / 1024:.1f} MB")
+    # Kept sessions would add as much again; what the second batch adds (1-3 MB measured) is the
+    # allocator's own bookkeeping: no Python object outlives its session (reaper test in test_guard).
+    assert first > 4 * 1024 and second < first / 2, (first, second)
     assert search_once(base)["success"] is True
 
 

@@ -1,6 +1,6 @@
 """The request guard on its own (an ASGI app behind it records what gets through): closed routes,
-bounded bodies, event payloads checked before Gradio stores them, the upload quota; and the sweep
-of empty upload folders."""
+bounded bodies, event payloads checked before Gradio stores them, the upload quota; the sweep
+of empty upload folders and the reaping of idle sessions."""
 
 import asyncio
 import json
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from cir_demo.ui.guard import MAX_VALUE_CHARS, RequestGuard, value_ok
-from cir_demo.ui.limits import remove_empty_folders
+from cir_demo.ui.limits import reap_idle_sessions, remove_empty_folders
 
 INPUTS = {0: 0, 4: 5, "search": 5, 14: 2}
 
@@ -133,3 +133,25 @@ def test_heavy_events_wait_only_so_deep(tmp_path):
     waiting[0] = MAX_HEAVY_WAITING
     assert call(guard, "POST", "/gradio_api/queue/join", upload_event) == 503
     assert call(guard, "POST", "/gradio_api/queue/join", join(4, ["a", "b", "c", 5, "d"])) == 200  # searches go on
+
+
+def test_idle_sessions_are_reaped_with_what_the_queue_keeps_for_them():
+    import datetime
+    import threading
+    import types
+
+    from gradio.queueing import Queue
+
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    old, busy, fresh = now - datetime.timedelta(hours=1), now - datetime.timedelta(hours=1), now
+    holder = types.SimpleNamespace(lock=threading.Lock(), time_last_used={"old": old, "busy": busy, "fresh": fresh},
+                                   session_data={"old": 1, "busy": 2, "fresh": 3})
+    queue = Queue(live_updates=False, concurrency_count=1, update_intervals=1, max_size=None, blocks=None)
+    for sid in ("old", "busy", "fresh"):
+        queue.pending_messages_per_session[sid] = object()
+    queue.pending_event_ids_session.update({"old": set(), "busy": {"event-1"}, "fresh": set()})
+
+    assert reap_idle_sessions(holder, 60, now=now, queue=queue) == 2
+    assert set(holder.session_data) == set(holder.time_last_used) == {"fresh"}
+    assert set(queue.pending_messages_per_session) == {"busy", "fresh"}  # a pending event keeps its stream
+    assert set(queue.pending_event_ids_session) == {"busy"}

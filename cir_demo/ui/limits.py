@@ -47,6 +47,11 @@ def reap_idle_sessions(holder, idle_s: float, now: Optional[datetime.datetime] =
     if isinstance(pending, dict):  # one (empty) set per session id that ever sent an event
         for sid in [sid for sid, ids in list(pending.items()) if not ids]:
             pending.pop(sid, None)
+    streams = getattr(queue, "pending_messages_per_session", None)
+    if streams is not None:  # a message queue per session (up to 2,000), remade by the session's next event
+        for sid in stale:
+            if not (isinstance(pending, dict) and pending.get(sid)):
+                streams.pop(sid, None)
     if stale:
         give_memory_back()
     return len(stale)
