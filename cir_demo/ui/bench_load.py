@@ -35,7 +35,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 class LoadResult:
     """Latencies of every user's later searches, and apart from them each user's first: a new
     session's first event also pays Gradio's per-session set-up (a copy of every block's config,
-    about 16 ms of CPU on this page), and with all users starting at once those queue behind each
+    about 7 ms of CPU on this page), and with all users starting at once those queue behind each
     other, like the ``Client`` set-up the figures leave out."""
     users: int
     latencies_ms: list = field(default_factory=list)
@@ -123,7 +123,10 @@ def run_load(url: str, cases: list[tuple], *, users: int, queries: int, max_seco
                 error = f"{type(err).__name__}: {str(err)[:120]}"
             elapsed = (time.perf_counter() - start) * 1000
             with lock:
-                (result.errors.append(error) if error else (result.first_ms if q == 0 else result.latencies_ms).append(elapsed))
+                if error:
+                    result.errors.append(error)
+                else:
+                    (result.first_ms if q == 0 else result.latencies_ms).append(elapsed)
             if think_s:
                 time.sleep(think_s * (0.5 + rng.random()))  # people read results for a while
 

@@ -99,7 +99,8 @@ def launch(demo, *, host: Optional[str] = None, port: Optional[int] = None, **kw
 
     from cir_demo.ui.guard import RequestGuard, event_tables
     from cir_demo.ui.layout import css
-    from cir_demo.ui.limits import GRADIO_QUEUE_ENV, MAX_QUEUE, MAX_UPLOAD_BYTES, QUEUE_STATUS_EVERY_S, SESSION_CAPACITY, session_reaper
+    from cir_demo.ui.limits import (GRADIO_QUEUE_ENV, MAX_QUEUE, MAX_UPLOAD_BYTES, QUEUE_STATUS_EVERY_S,
+                                    SESSION_CAPACITY, session_reaper)
     from cir_demo.ui.uploads import upload_folder
 
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
