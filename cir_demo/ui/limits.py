@@ -50,7 +50,7 @@ def reap_idle_sessions(holder, idle_s: float, now: Optional[datetime.datetime] =
     streams = getattr(queue, "pending_messages_per_session", None)
     if streams is not None:  # a message queue per session (up to 2,000), remade by the session's next event
         for sid in stale:
-            if not (isinstance(pending, dict) and pending.get(sid)):
+            if not (pending or {}).get(sid):
                 streams.pop(sid, None)
     if stale:
         give_memory_back()

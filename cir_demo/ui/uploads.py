@@ -123,7 +123,7 @@ class UploadPhoto(gr.UploadButton):
 
     def api_info(self) -> dict:
         # Gradio asks three times for every new session (its per-session copy of the page config),
-        # and pydantic rebuilds the schema each time: most of a new session's set-up cost.
+        # and pydantic rebuilds the schema each time: half of a new session's set-up cost.
         if self.file_count not in _API_INFO:
             _API_INFO[self.file_count] = super().api_info()
         return copy.deepcopy(_API_INFO[self.file_count])
