@@ -337,6 +337,73 @@ def test_stage2_reference_negative_scores_each_query_against_its_own_reference(w
     assert float(task.loss(rows, step=3).detach()) == pytest.approx(float(plain.detach()), rel=1e-5)
 
 
+def test_stage2_set_negatives_score_each_query_against_its_own_image_set(world, clip_file):
+    """Written out per row: the cross-entropy over the batch's targets and the row's own image set
+    (reference included, target left out), no other row's set."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from cir_demo.model.combiner import Combiner
+    from cir_demo.train.data import cache_triplet_features, load_train_triplets, sample_variants, set_members
+    from cir_demo.train.stage2 import Stage2Task
+
+    clip = load_clip("x", str(clip_file))
+    data = load_train_triplets(world / "cirr")
+    cache = cache_triplet_features(clip, data, progress=False, with_members=True)
+    combiner = Combiner(96, 384, 768).eval()
+    task = Stage2Task(clip, combiner, cache, [], seed=0, device="cpu", provenance={})
+    rows = torch.tensor([0, 3, 7, 11])
+    variant = sample_variants(cache.n_variants, 0, 2, rows)
+    query = combiner.combine_features(cache.ref[rows], cache.text[rows, variant])  # (4, D)
+    with torch.no_grad():  # the members encoded afresh, one by one, from their files
+        fresh = {n: clip.encode_image(clip.preprocess(Image.open(data.path_of[n]).convert("RGB"))[None])[0]
+                 for r in rows.tolist() for n in set_members(data.triplets[r])}
+    losses = []
+    for i, r in enumerate(rows.tolist()):
+        t = data.triplets[r]
+        own = set_members(t)
+        assert t.reference in own and t.target not in own and len(own) == len(t.group) - 1
+        candidates = F.normalize(torch.cat([cache.target[rows], torch.stack([fresh[n] for n in own])]), dim=-1)
+        losses.append(F.cross_entropy(100 * query[i:i + 1] @ candidates.T, torch.tensor([i])))
+    expected = torch.stack(losses).mean()
+    with torch.no_grad():
+        assert float(task.loss(rows, step=2)) == pytest.approx(float(expected), rel=1e-4)
+    cache.members = None  # without sets: the paper's loss over the batch's targets only
+    plain = F.cross_entropy(100 * query @ F.normalize(cache.target[rows], dim=-1).T, torch.arange(4))
+    with torch.no_grad():
+        assert float(task.loss(rows, step=2)) == pytest.approx(float(plain), rel=1e-4)
+    with pytest.raises(ValueError, match="image sets"):
+        cache_triplet_features(clip, load_train_triplets(world / "fashioniq"), progress=False, with_members=True)
+
+
+def test_stage1_set_negatives_add_each_querys_own_image_set(world, clip_file):
+    import torch.nn.functional as F
+
+    from cir_demo.train.data import load_train_triplets, sample_variants, set_members
+    from cir_demo.train.stage1 import Stage1Task
+
+    clip = load_clip("x", str(clip_file))
+    data = load_train_triplets(world / "cirr")
+    task = Stage1Task(clip, data, "text", root=world / "cirr", categories=None, seed=0, device="cpu",
+                      provenance={}, progress=False, set_negatives=True)
+    rows = torch.tensor([1, 2, 8])
+    with torch.no_grad():
+        tokens = task.tokens[rows, sample_variants(task.n_variants, 0, 5, rows)]
+        text = clip.model.encode_text(tokens)
+        feats = task.image_cache
+        losses = []
+        for i, r in enumerate(rows.tolist()):  # written out per row: sum query against targets, then own set
+            t = data.triplets[r]
+            query = F.normalize(feats[t.reference] + text[i], dim=-1)
+            candidates = [feats[data.triplets[k].target] for k in rows.tolist()] + [feats[n] for n in set_members(t)]
+            logits = 100 * F.normalize(torch.stack(candidates), dim=-1) @ query
+            losses.append(F.cross_entropy(logits[None], torch.tensor([i])))
+        assert float(task.loss(rows, step=5)) == pytest.approx(float(torch.stack(losses).mean()), rel=1e-4)
+    with pytest.raises(ValueError, match="encoder text"):
+        Stage1Task(clip, data, "both", root=world / "cirr", categories=None, seed=0, device="cpu", provenance={},
+                   progress=False, set_negatives=True)
+
+
 def test_the_library_takes_a_typed_config_and_trains_as_the_cli_does(world, clip_file, tmp_path):
     """run(Stage2Config(...)) from Python gives the same weights, byte for byte, as the command line,
     and the command line's defaults are the config's."""

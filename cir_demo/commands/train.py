@@ -37,6 +37,9 @@ def add_arguments(parser) -> None:
                           "lexicon.json), one of them scored against every image each step (default 0: none)")
     pre.add_argument("--group-batches", action="store_true",
                      help="keep groups of close variants (CIRR image sets, linked triplets) together in batches")
+    pre.add_argument("--attribute-loss", type=float, default=d["attribute_loss"], metavar="W",
+                     help="synthetic worlds only: add W x the cross-entropy of linear heads that read the "
+                          "generator's attributes (attributes.json) off the image embedding (default 0: off)")
     s1 = sub.add_parser("stage1", help="fine-tune CLIP with the normalised element-wise sum")
     d = _defaults("stage1")
     _common(s1, d)
@@ -50,6 +53,7 @@ def add_arguments(parser) -> None:
                          "words the training never used do not derail the text tower (default 0)")
     s1.add_argument("--group-batches", action="store_true",
                     help="batches of whole groups of triplets sharing images: hard negatives for every query")
+    _set_negatives(s1)
     s2 = sub.add_parser("stage2", help="train the Combiner on frozen (cached) CLIP features")
     d = _defaults("stage2")
     _common(s2, d)
@@ -60,6 +64,14 @@ def add_arguments(parser) -> None:
                     help="batches of whole groups of triplets sharing images: hard negatives for every query")
     s2.add_argument("--reference-negative", action="store_true",
                     help="also score each query against its own reference image, as a negative (not in the paper)")
+    _set_negatives(s2)
+
+
+def _set_negatives(p) -> None:
+    p.add_argument("--set-negatives", action="store_true",
+                   help="also score each query against the other images of its reference's image set (CIRR "
+                        "img_set, reference included) as negatives: the look-alikes Recall_subset ranks (not in "
+                        "the paper)")
 
 
 def _common(p, d: dict, *, several: bool = False) -> None:

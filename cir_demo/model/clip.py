@@ -337,11 +337,23 @@ def model_config_for(model_name: str) -> dict:
 
 
 def build_model(model_config: dict) -> torch.nn.Module:
-    """A randomly initialised open_clip model from a full config dict (no registration needed)."""
+    """A randomly initialised open_clip model from a full config dict (no registration needed).
+
+    A ``conv_tower`` entry (:mod:`cir_demo.model.grid_tower`) replaces the image tower open_clip
+    would build from ``vision_cfg`` (only its ``image_size`` is read then)."""
+    from cir_demo.model.grid_tower import CONFIG_KEY, GridConvTower
+
     config = copy.deepcopy(model_config)
     custom = config.pop("custom_text", False) or "hf_model_name" in config.get("text_cfg", {})
     cls = open_clip.CustomTextCLIP if custom else open_clip.CLIP
-    return cls(**config)
+    tower = config.pop(CONFIG_KEY, None)
+    if tower is None:
+        return cls(**config)
+    size = int(config.get("vision_cfg", {}).get("image_size", 224))
+    config["vision_cfg"] = {"image_size": size, "patch_size": size, "layers": 1, "width": 8, "head_width": 8}
+    model = cls(**config)  # a one-token placeholder ViT, replaced at once
+    model.visual = GridConvTower(config["embed_dim"], size, **tower)
+    return model
 
 
 def openai_model_name(model_name: str) -> str:

@@ -7,6 +7,10 @@ a query (a heat map), for the attention-pooled ResNets and for ViTs.
 * ``VisionTransformer``: every patch token after the last block, normalised and projected as the
   class token is.
 Both return (B, h, w, D) raw features; their cosine with a query is the map.
+
+The built-in world's ``GridConvTower`` reads its whole grid with one linear map, so no location
+has a feature of its own in the joint space; :func:`location_map` explains it by occlusion instead
+(how much the image's score drops when a window of it is hidden).
 """
 
 from __future__ import annotations
@@ -49,3 +53,34 @@ def _vit(visual: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
     if visual.proj is not None:
         tokens = tokens @ visual.proj  # (B, hw, D)
     return tokens.reshape(batch, h, w, -1)
+
+
+OCCLUSION_GRID = 8  # windows per side; each hides a square twice the grid step, centred on its cell
+
+
+@torch.no_grad()
+def location_map(visual: nn.Module, pixels: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+    """Where one preprocessed image (1, 3, S, S) agrees with a normalised ``query`` (D,): an (h, w) map.
+
+    Towers with per-location features give their cosine with the query; a tower marked
+    ``explain_by_occlusion`` gives, per cell of an 8 x 8 grid, the drop in the image's cosine with
+    the query when a window centred on that cell (a quarter of the side) is filled, row by row, with
+    the mean colour of that row of the image (which, on a backdrop, erases what stands in front).
+    Either way, higher means "this part of the image matches the query".
+    """
+    query = query.float()
+    if not getattr(visual, "explain_by_occlusion", False):
+        local = spatial_features(visual, pixels)[0].float()  # (h, w, D)
+        return torch.nn.functional.cosine_similarity(local, query[None, None], dim=-1)
+    n, side = OCCLUSION_GRID, pixels.shape[-1]
+    step = side / n
+    fill = pixels.mean(dim=3, keepdim=True)  # (1, 3, S, 1): each row's mean colour
+    masked = pixels.repeat(n * n, 1, 1, 1)  # (n*n, 3, S, S)
+    for cell in range(n * n):
+        cy, cx = (cell // n + 0.5) * step, (cell % n + 0.5) * step
+        y0, y1 = max(0, round(cy - step)), min(side, round(cy + step))
+        x0, x1 = max(0, round(cx - step)), min(side, round(cx + step))
+        masked[cell, :, y0:y1, x0:x1] = fill[0, :, y0:y1]
+    embedded = torch.nn.functional.normalize(visual(torch.cat([pixels, masked])).float(), dim=-1)
+    scores = embedded @ query  # (1 + n*n,): the whole image, then each window hidden
+    return (scores[0] - scores[1:]).view(n, n)

@@ -1,9 +1,11 @@
 """Why a result ranks where it does, for one hit on demand: where the hit image agrees with the
 composed query (a heat map), and which words of the caption moved its score.
 
-* The map: the hit's per-location image features (``cir_demo.model.spatial``), each compared with
-  the composed query by cosine, over the model's own view of the image (padded and cropped as the
-  model saw it). One image-tower pass.
+* The map (``cir_demo.model.spatial.location_map``), over the model's own view of the image
+  (padded and cropped as the model saw it): the hit's per-location image features, each compared
+  with the composed query by cosine (one image-tower pass); or, for the built-in world's grid tower,
+  which has no per-location features, how much the hit's score drops when each window of it is
+  hidden (one batch of 65 passes of a small tower).
 * The words: the query composed again with each word left out (one batch through the caption
   tower and the composer); a word's weight is how much less the hit wins over the reference
   without it (the drop in score(hit) - score(reference)). Against the reference, not the raw score:
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cir_demo.model.spatial import spatial_features
+from cir_demo.model.spatial import location_map
 from cir_demo.serve.checks import QueryError
 from cir_demo.serve.results import Explanation
 
@@ -40,8 +42,7 @@ def explain(engine, gallery: str, *, reference, caption: str, hit: str, hit_imag
     score = float(entry.gallery.scores_of(query[None], row)[0, 0])
     clip = engine.clip
     pixels = clip.preprocess(hit_image)[None].to(clip.device, clip.dtype)  # (1, 3, S, S)
-    local = spatial_features(clip.model.visual, pixels)[0].float()  # (h, w, D)
-    heat = F.cosine_similarity(local, query.to(local.device)[None, None], dim=-1)  # (h, w)
+    heat = location_map(clip.model.visual, pixels, query.to(pixels.device))  # (h, w)
     words = caption.split()
     weights = []
     if comp.needs_text and len(words) > 1:

@@ -43,8 +43,8 @@ def load_train_triplets(root: str | Path, categories: Optional[Sequence[str]] = 
         usable = [t for t in ds.triplets if t.target is not None]
         triplets += usable
         for t in usable:
-            path_of[t.reference] = ds.image_path(t.reference)
-            path_of[t.target] = ds.image_path(t.target)
+            for name in (t.reference, t.target, *t.group):
+                path_of[name] = ds.image_path(name)
     if not triplets:
         raise ValueError(f"{root}: no training triplets with targets in split {split!r}")
     captions = [query_captions(t, train=True) for t in triplets]
@@ -82,6 +82,8 @@ class CachedTriplets:
     target: torch.Tensor    # (T, D) raw
     text: torch.Tensor      # (T, V, D) raw; rows with fewer variants repeat their last one
     n_variants: torch.Tensor  # (T,)
+    members: Optional[torch.Tensor] = None         # (T, G, D) raw: the reference's image set but the target
+    members_usable: Optional[torch.Tensor] = None  # (T, G) bool: False where a row has fewer members
 
 
 def encode_image_names(clip: ClipModel, names: Sequence[str], path_of: Callable[[str], Path], *,
@@ -98,11 +100,21 @@ def encode_image_names(clip: ClipModel, names: Sequence[str], path_of: Callable[
     return dict(zip(unique, encode_sharded(encode, len(unique), batch_size)))  # N x (D,)
 
 
+def set_members(triplet: Triplet) -> list[str]:
+    """The images of a triplet's reference set (CIRR ``img_set``, reference included) other than its
+    target: the look-alikes a query must rank below its target. [] without a set (FashionIQ)."""
+    return [n for n in triplet.group if n != triplet.target]
+
+
 def cache_triplet_features(clip: ClipModel, data: TrainTriplets, *, batch_size: int = 64, num_workers: int = 0,
-                           progress: bool = True, text_batch_size: int = TEXT_BATCH) -> CachedTriplets:
+                           progress: bool = True, text_batch_size: int = TEXT_BATCH,
+                           with_members: bool = False) -> CachedTriplets:
     """Stage 2's cache. Under DDP each rank encodes a share of the images and captions; the
-    shares are gathered once, so every rank holds the whole cache (its batches index any row)."""
-    feats = encode_image_names(clip, data.image_names, data.path_of.__getitem__, batch_size=batch_size,
+    shares are gathered once, so every rank holds the whole cache (its batches index any row).
+    ``with_members`` also caches each triplet's :func:`set_members`."""
+    members = [set_members(t) for t in data.triplets] if with_members else None
+    names = data.image_names + ([n for row in members for n in row] if members else [])
+    feats = encode_image_names(clip, names, data.path_of.__getitem__, batch_size=batch_size,
                                num_workers=num_workers, progress=progress, desc="train images")
     captions, width, n_var = flat_variants(data.captions)
 
@@ -111,7 +123,16 @@ def cache_triplet_features(clip: ClipModel, data: TrainTriplets, *, batch_size: 
                             desc="train captions")
 
     flat = encode_sharded(encode, len(captions), text_batch_size)  # (T * V, D)
-    return CachedTriplets(
+    cache = CachedTriplets(
         ref=torch.stack([feats[t.reference] for t in data.triplets]),
         target=torch.stack([feats[t.target] for t in data.triplets]),
         text=flat.view(len(data.captions), width, -1), n_variants=n_var)
+    if members:
+        size = max(len(row) for row in members)
+        if size == 0:
+            raise ValueError("set negatives need image sets (CIRR's img_set); these triplets have none")
+        blank = torch.zeros_like(cache.ref[0])
+        cache.members = torch.stack([torch.stack([feats[n] for n in row] + [blank] * (size - len(row)))
+                                     for row in members])  # (T, G, D)
+        cache.members_usable = torch.tensor([[i < len(row) for i in range(size)] for row in members])
+    return cache

@@ -1,8 +1,11 @@
 """A small CLIP trained from scratch on the synthetic world's absolute captions.
 
 Our offline stand-in for OpenAI's pre-training: the standard symmetric contrastive loss
-over image/caption pairs, with the learnable temperature. Images are preprocessed once and
-kept in memory as fp16 (the world is small); captions are tokenised once.
+over image/caption pairs, with the learnable temperature. Optionally (``--attribute-loss``) linear
+heads on the image embedding must also name the generator's attributes of each image (a scene
+slot's shape, a garment's colour...): the built-in world is small, and captions alone left a small
+tower reading shape near chance. The heads are dropped when the CLIP is saved. Images are
+preprocessed once and kept in memory as fp16 (the world is small); captions are tokenised once.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from cir_demo.data.datasets import CIRDataset
 from cir_demo.data.records import query_captions
+from cir_demo.data.synth.attributes import labels, load_attributes
 from cir_demo.eval.protocol import load_eval_splits
 from cir_demo.model.checkpoint import save_checkpoint
 from cir_demo.model.clip import ClipModel, build_model, make_tokenizer, model_config_for
@@ -45,6 +49,55 @@ def captioned_images(roots, split: str = "train") -> tuple[list[Path], list[str]
     if not paths:
         raise ValueError(f"no image with an absolute caption in {', '.join(map(str, roots))} ({split})")
     return paths, captions
+
+
+def attribute_targets(roots, split: str = "train") -> tuple[torch.Tensor, list[tuple[str, int]]]:
+    """The generator's attributes of the images :func:`captioned_images` lists, as class indices:
+    ((N, A) long, -1 where an attribute does not apply or the world has no record of it; [(attribute,
+    number of classes)]). Attributes are named per world kind, so a garment's "colour" and a scene's
+    "left colour" are different heads."""
+    rows = []
+    for root in roots:
+        known = load_attributes(root)
+        for ds in load_eval_splits(root, split):
+            absolute = ds.absolute_captions()
+            rows += [labels(known[n]) if n in known else {} for n in ds.image_names if n in absolute]
+    names = sorted({a for row in rows for a, v in row.items() if v is not None})
+    classes = {a: sorted({row[a] for row in rows if row.get(a) is not None}) for a in names}
+    index = {a: {c: i for i, c in enumerate(cs)} for a, cs in classes.items()}
+    targets = torch.tensor([[index[a].get(row.get(a), -1) for a in names] for row in rows], dtype=torch.long)
+    return targets.view(len(rows), len(names)), [(a, len(classes[a])) for a in names]
+
+
+class PretrainEncoder(RawEncoder):
+    """CLIP's raw encoders plus, optionally, linear heads reading the generator's attributes off the
+    normalised image embedding, as retrieval sees it (an auxiliary loss for the built-in world; the
+    heads are not saved). ``HEAD_SCALE`` is a fixed inverse temperature: unit vectors through a
+    freshly initialised linear map give logits too flat to train on."""
+
+    HEAD_SCALE = 10.0
+
+    def __init__(self, model: torch.nn.Module, head_classes: Sequence[int] = ()):
+        super().__init__(model)
+        dim = model.text_projection.shape[1]
+        self.heads = torch.nn.Linear(dim, sum(head_classes)) if head_classes else None
+        self.head_classes = list(head_classes)
+
+    def forward(self, images=None, tokens=None):
+        image, text = super().forward(images, tokens)
+        if self.heads is None or image is None:
+            return image, text, None
+        return image, text, self.HEAD_SCALE * self.heads(F.normalize(image, dim=-1))
+
+
+def attribute_loss(logits: torch.Tensor, targets: torch.Tensor, head_classes: Sequence[int]) -> torch.Tensor:
+    """Mean over attributes of the cross-entropy of each head, on the rows where it applies."""
+    losses = []
+    for a, chunk in enumerate(logits.split(list(head_classes), dim=1)):
+        y = targets[:, a]
+        if bool((y >= 0).any()):
+            losses.append(F.cross_entropy(chunk, y, ignore_index=-1))
+    return torch.stack(losses).mean() if losses else logits.sum() * 0.0
 
 
 def training_texts(roots, split: str = "train") -> list[str]:
@@ -117,7 +170,7 @@ class PretrainTask(Task):
 
     def __init__(self, clip: ClipModel, pixels: torch.Tensor, captions: list[str], *, device: str,
                  provenance: dict, val_pixels=None, val_captions=None, save_dtype=None, groups=None,
-                 negatives: Optional[list] = None, seed: int = 0):
+                 negatives: Optional[list] = None, seed: int = 0, attributes=None, attribute_weight: float = 0.0):
         self.clip, self.pixels, self.device, self.groups, self.seed = clip, pixels, device, groups, seed
         self.tokens = clip.tokenize(captions)  # (N, L)
         self.negatives = None
@@ -127,7 +180,9 @@ class PretrainTask(Task):
             self.negatives_usable = torch.tensor([[n != c for n in row + [row[-1]] * (width - len(row))]
                                                   for row, c in zip(negatives, captions)])  # (N, V)
         self.num_examples = len(captions)
-        self.wrapper = RawEncoder(clip.model)
+        self.targets, heads = attributes if attributes is not None and attribute_weight > 0 else (None, [])
+        self.attribute_weight = attribute_weight
+        self.wrapper = PretrainEncoder(clip.model, [c for _, c in heads])
         self.forward_module = self.wrapper
         self.val_pixels, self.val_tokens = val_pixels, clip.tokenize(val_captions) if val_captions else None
         self.provenance, self.save_dtype = provenance, save_dtype
@@ -141,14 +196,19 @@ class PretrainTask(Task):
     def loss(self, rows, step):
         pixels, tokens = self.pixels[rows].to(self.device, torch.float32), self.tokens[rows]
         if self.negatives is None:
-            image, text = self.forward_module(pixels, tokens.to(self.device))
-            return contrastive_loss(image, text, self.clip.model.logit_scale)
-        pick = sample_variants(self.n_negatives, self.seed, step, rows)  # (b,) which negative each row uses
-        both = torch.cat([tokens, self.negatives[rows, pick]])  # (2b, L): one forward, as DDP wants
-        image, text = self.forward_module(pixels, both.to(self.device))
-        text, negatives = text.split(len(rows))
-        usable = self.negatives_usable[rows, pick].to(self.device)
-        return contrastive_loss(image, text, self.clip.model.logit_scale, negatives, usable)
+            image, text, logits = self.forward_module(pixels, tokens.to(self.device))
+            loss = contrastive_loss(image, text, self.clip.model.logit_scale)
+        else:
+            pick = sample_variants(self.n_negatives, self.seed, step, rows)  # (b,) which negative each row uses
+            both = torch.cat([tokens, self.negatives[rows, pick]])  # (2b, L): one forward, as DDP wants
+            image, text, logits = self.forward_module(pixels, both.to(self.device))
+            text, negatives = text.split(len(rows))
+            usable = self.negatives_usable[rows, pick].to(self.device)
+            loss = contrastive_loss(image, text, self.clip.model.logit_scale, negatives, usable)
+        if logits is not None:
+            loss = loss + self.attribute_weight * attribute_loss(logits, self.targets[rows].to(self.device),
+                                                                 self.wrapper.head_classes)
+        return loss
 
     @torch.no_grad()
     def validate(self):
@@ -160,7 +220,7 @@ class PretrainTask(Task):
         for start in range(0, len(self.val_tokens), 256):
             px = self.val_pixels[start:start + 256].to(self.device, torch.float32)
             tok = self.val_tokens[start:start + 256].to(self.device)
-            image, text = self.wrapper(px, tok)
+            image, text, _ = self.wrapper(px, tok)
             sims = F.normalize(image, dim=-1) @ F.normalize(text, dim=-1).T
             hits += int((sims.argmax(dim=1) == torch.arange(len(sims), device=sims.device)).sum())
             total += len(sims)

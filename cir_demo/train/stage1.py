@@ -21,7 +21,7 @@ from cir_demo.model.clip import ClipModel
 from cir_demo.model.composers import SumComposer
 from cir_demo.pipeline.encode import open_image
 from cir_demo.train.augment import insert_unknown
-from cir_demo.train.data import TrainTriplets, encode_image_names, flat_variants, sample_variants
+from cir_demo.train.data import TrainTriplets, encode_image_names, flat_variants, sample_variants, set_members
 from cir_demo.train.distributed import gather_batch, global_cross_entropy
 from cir_demo.train.groups import group_order, triplet_groups
 from cir_demo.train.loop import Task
@@ -58,7 +58,8 @@ def freeze_for(clip: ClipModel, encoder: str) -> list[nn.Parameter]:
 class Stage1Task(Task):
     def __init__(self, clip: ClipModel, data: TrainTriplets, encoder: str, *, root, categories, seed: int,
                  device: str, provenance: dict, save_dtype=None, batch_size: int = 64, num_workers: int = 0,
-                 progress: bool = True, group_batches: bool = False, unknown_rate: float = 0.0):
+                 progress: bool = True, group_batches: bool = False, unknown_rate: float = 0.0,
+                 set_negatives: bool = False):
         self.clip, self.data, self.encoder, self.seed, self.device = clip, data, encoder, seed, device
         self.unknown_rate = unknown_rate
         if unknown_rate and not hasattr(clip.tokenizer, "unknown_id"):
@@ -74,9 +75,22 @@ class Stage1Task(Task):
         self.tokens = clip.tokenize(flat).view(len(data.captions), width, -1)  # (T, V, L)
         self.image_cache = None
         self.val_image_cache: dict = {}
+        members = [set_members(t) for t in data.triplets] if set_negatives else None
+        if members is not None and encoder != "text":
+            raise ValueError("set negatives in stage 1 need --encoder text (the image set's features are cached)")
         if encoder == "text":  # frozen image tower: encode every training image once
-            self.image_cache = encode_image_names(clip, data.image_names, data.path_of.__getitem__,
+            names = data.image_names + ([n for row in members for n in row] if members else [])
+            self.image_cache = encode_image_names(clip, names, data.path_of.__getitem__,
                                                   desc="train images", **self.encode_kwargs)
+        self.members = None
+        if members is not None:  # (T, G, D) unit features of each reference's set but the target, and a mask
+            size = max(len(row) for row in members)
+            if size == 0:
+                raise ValueError("set negatives need image sets (CIRR's img_set); these triplets have none")
+            blank = torch.zeros_like(next(iter(self.image_cache.values())))
+            padded = [torch.stack([self.image_cache[n] for n in row] + [blank] * (size - len(row))) for row in members]
+            self.members = F.normalize(torch.stack(padded), dim=-1)
+            self.members_usable = torch.tensor([[i < len(row) for i in range(size)] for row in members])
 
     def trainable(self):
         return self.wrapper
@@ -112,7 +126,12 @@ class Stage1Task(Task):
         predicted = F.normalize(ref_feats + text, dim=-1)  # (b, D) this rank's queries
         targets, offset = gather_batch(F.normalize(tgt_feats, dim=-1))  # (B, D) the global batch's
         logits = 100 * predicted @ targets.T  # (b, B)
-        return global_cross_entropy(logits, offset + torch.arange(len(rows), device=logits.device))
+        if self.members is not None:  # each query also against its own reference set
+            own = 100 * torch.einsum("bd,bgd->bg", predicted, self.members[rows].to(self.device))  # (b, G)
+            own = own.masked_fill(~self.members_usable[rows].to(self.device), float("-inf"))
+            logits = torch.cat([logits, own], dim=1)  # (b, B + G)
+        return global_cross_entropy(logits, offset + torch.arange(len(rows), device=logits.device),
+                                    global_rows=len(targets))
 
     @torch.no_grad()
     def validate(self):

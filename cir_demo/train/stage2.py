@@ -50,7 +50,17 @@ class Stage2Task(Task):
         # CLIP is frozen: the targets need no gradient, only the other ranks' rows as negatives
         targets, offset = gather_batch(self.cache.target[rows].to(self.device))  # (B, D) global batch
         candidates = torch.cat([targets, ref]) if self.reference_negative else targets  # (B [+ b], D)
-        logits = self.forward_module(ref, text, candidates)  # (b, B [+ b])
+        members = self.cache.members
+        if members is None:
+            logits = self.forward_module(ref, text, candidates)  # (b, B [+ b])
+        else:  # each query also against its own reference set (one forward, as DDP wants)
+            own = members[rows].to(self.device)  # (b, G, D)
+            b, g = own.shape[:2]
+            every = self.forward_module(ref, text, torch.cat([candidates, own.flatten(0, 1)]))  # (b, B [+ b] + bG)
+            block = torch.arange(b, device=every.device)
+            mine = every[:, -b * g:].view(b, b, g)[block, block]  # (b, G): row i against its own G members
+            mine = mine.masked_fill(~self.cache.members_usable[rows].to(every.device), float("-inf"))
+            logits = torch.cat([every[:, :-b * g], mine], dim=1)  # (b, B [+ b] + G)
         labels = offset + torch.arange(len(rows), device=logits.device)
         return global_cross_entropy(logits, labels, global_rows=len(targets))
 

@@ -67,6 +67,7 @@ class PretrainConfig(RunConfig):
     trim_vocabulary: bool = False
     hard_negatives: int = 0
     group_batches: bool = False
+    attribute_loss: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,6 +83,7 @@ class Stage1Config(RunConfig):
     grad_checkpointing: bool = False
     unknown_words: float = 0.0
     group_batches: bool = False
+    set_negatives: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,6 +104,7 @@ class Stage2Config(RunConfig):
     hidden_dim: Optional[int] = None
     group_batches: bool = False
     reference_negative: bool = False
+    set_negatives: bool = False
 
 
 def _loop_config(cfg: RunConfig, **extra) -> LoopConfig:
@@ -137,7 +140,8 @@ def run(cfg: RunConfig) -> dict:
 def run_pretrain(cfg: PretrainConfig) -> dict:
     from cir_demo.train.groups import image_groups
     from cir_demo.train.negatives import load_lexicon, negative_captions
-    from cir_demo.train.pretrain import PretrainTask, captioned_images, new_clip, preload_pixels, training_texts
+    from cir_demo.train.pretrain import (PretrainTask, attribute_targets, captioned_images, new_clip, preload_pixels,
+                                         training_texts)
 
     torch.manual_seed(cfg.seed)  # the run's initialisation depends on its seed alone
     clip = new_clip(cfg.model, device=cfg.device,
@@ -157,9 +161,12 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                                                   per_caption=cfg.hard_negatives, seed=cfg.seed)]
     task = PretrainTask(clip, pixels, captions, device=cfg.device, provenance=_provenance(cfg, "clip-pretrain"),
                         val_pixels=val_pixels, val_captions=val_captions[:1024], save_dtype=cfg.save_dtype,
-                        groups=groups, negatives=negatives, seed=cfg.seed)
-    decay = [p for n, p in clip.model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    rest = [p for n, p in clip.model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+                        groups=groups, negatives=negatives, seed=cfg.seed,
+                        attributes=attribute_targets(cfg.data, "train") if cfg.attribute_loss else None,
+                        attribute_weight=cfg.attribute_loss)
+    named = list(task.trainable().named_parameters())  # CLIP and, with --attribute-loss, its heads
+    decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
+    rest = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": rest, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     return fit(task, optimizer, _loop_config(cfg))
@@ -178,7 +185,8 @@ def run_stage1(cfg: Stage1Config) -> dict:
     data = load_train_triplets(data_root, cfg.categories)
     task = Stage1Task(clip, data, cfg.encoder, root=data_root, categories=cfg.categories, seed=cfg.seed,
                       device=cfg.device, provenance=_provenance(cfg, "stage1"), save_dtype=cfg.save_dtype,
-                      group_batches=cfg.group_batches, unknown_rate=cfg.unknown_words, **_encode_kwargs(cfg))
+                      group_batches=cfg.group_batches, unknown_rate=cfg.unknown_words,
+                      set_negatives=cfg.set_negatives, **_encode_kwargs(cfg))
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-7, weight_decay=cfg.weight_decay)
     return fit(task, optimizer, _loop_config(cfg, encoder=cfg.encoder))
 
@@ -195,7 +203,7 @@ def run_stage2(cfg: Stage2Config) -> dict:
         p.requires_grad = False
     enc = _encode_kwargs(cfg)
     data = load_train_triplets(data_root, cfg.categories)
-    cache = cache_triplet_features(clip, data, **enc)
+    cache = cache_triplet_features(clip, data, with_members=cfg.set_negatives, **enc)
     val_sets = build_val_sets(clip, data_root, cfg.categories, **enc)
     dim = clip.feature_dim
     combiner = Combiner(dim, cfg.projection_dim or 4 * dim, cfg.hidden_dim or 8 * dim)
