@@ -55,6 +55,12 @@ def test_image_features_read_the_worlds_attributes(fresh_world, bundle):
         ["background", "groups", "left occupied", "centre colour", "right size"]
     for attribute in read:
         assert results[attribute].accuracy > results[attribute].majority + 10, results[attribute]
+    if dataset == "cirr":  # what a scene slot holds, not only that it is there: the previous bundle's
+        # attention-pooled tower read shape at 31-37 % and count at 55-62 % (seed 0's validation split);
+        # this world's seed-1 images read 85-90 % and 93-100 %
+        for slot in ("left", "centre", "right"):
+            assert results[f"{slot} shape"].accuracy > 70, results[f"{slot} shape"]
+            assert results[f"{slot} count"].accuracy > 80, results[f"{slot} count"]
 
 
 @pytest.mark.parametrize("dataset", ["fashioniq", "cirr"])

@@ -228,6 +228,11 @@ def test_declared_clip_shapes_must_match_stored_ones(tmp_path, tiny_clip):
     path = write_ours(tmp_path / "deep.safetensors", meta(clip=deep), tensors)
     with pytest.raises(CheckpointError, match="declares 204 layers but the file stores only 110"):
         load_checkpoint(path)
+    grid = tiny_clip.describe()  # a grid tower of a million blocks is refused before any is built
+    grid["model_config"] = {**grid["model_config"], "conv_tower": {"widths": [4] * 10 ** 6}}
+    path = write_ours(tmp_path / "grid.safetensors", meta(clip=grid), tensors)
+    with pytest.raises(CheckpointError, match="declares 1000008 layers"):
+        load_checkpoint(path)
 
 
 def test_a_bundle_whose_combiner_does_not_fit_its_clip_is_refused(tmp_path, tiny_clip):

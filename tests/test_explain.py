@@ -87,7 +87,10 @@ def scenes_engine():
 def test_the_map_peaks_where_the_pair_differs(scenes_engine, hit):
     engine, pictures = scenes_engine
     at = ball_centre(SLOT[hit])
-    why = explain(engine, "constructed", reference="empty", caption="add a red ball", hit=hit,
+    # the caption says where: a model that reads position prefers one slot for a bare "add a red ball",
+    # and then rightly maps a ball elsewhere as disagreeing with the query
+    where = {"left": "on the left", "middle": "in the middle", "right": "on the right"}[hit]
+    why = explain(engine, "constructed", reference="empty", caption=f"add a red ball {where}", hit=hit,
                   hit_image=pictures[hit])
     heat = torch.tensor(why.heat)  # (h, w) over the model's 64 px view (the square image is not padded)
     row, col = divmod(int(heat.argmax()), heat.shape[1])

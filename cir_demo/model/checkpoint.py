@@ -222,6 +222,9 @@ def _check_layer_count(model_config: dict, stored_tensors: int, path: PathLike) 
         layers = cfg.get("layers", 0) if isinstance(cfg, dict) else 0
         layers = layers if isinstance(layers, (list, tuple)) else [layers]
         total += sum(n for n in layers if isinstance(n, int))
+    tower = model_config.get("conv_tower")  # the built-in grid tower: one block of tensors per width
+    widths = tower.get("widths", ()) if isinstance(tower, dict) else ()
+    total += len(widths) if isinstance(widths, (list, tuple)) else 0
     if total > stored_tensors:
         raise CheckpointError(f"{path}: the CLIP config declares {total} layers but the file stores only "
                               f"{stored_tensors} CLIP tensors")
