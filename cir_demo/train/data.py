@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -106,14 +106,29 @@ def set_members(triplet: Triplet) -> list[str]:
     return [n for n in triplet.group if n != triplet.target]
 
 
+def member_names(triplets: Sequence[Triplet]) -> list[str]:
+    """Every image some triplet's :func:`set_members` names (what set negatives must encode)."""
+    return [n for t in triplets for n in set_members(t)]
+
+
+def member_table(triplets: Sequence[Triplet], feats: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each triplet's :func:`set_members` features, padded: ((T, G, D), usable (T, G) bool)."""
+    members = [set_members(t) for t in triplets]
+    size = max((len(row) for row in members), default=0)
+    if size == 0:
+        raise ValueError("set negatives need image sets (CIRR's img_set); these triplets have none")
+    blank = torch.zeros_like(next(iter(feats.values())))
+    table = torch.stack([torch.stack([feats[n] for n in row] + [blank] * (size - len(row))) for row in members])
+    return table, torch.tensor([[i < len(row) for i in range(size)] for row in members])
+
+
 def cache_triplet_features(clip: ClipModel, data: TrainTriplets, *, batch_size: int = 64, num_workers: int = 0,
                            progress: bool = True, text_batch_size: int = TEXT_BATCH,
                            with_members: bool = False) -> CachedTriplets:
     """Stage 2's cache. Under DDP each rank encodes a share of the images and captions; the
     shares are gathered once, so every rank holds the whole cache (its batches index any row).
     ``with_members`` also caches each triplet's :func:`set_members`."""
-    members = [set_members(t) for t in data.triplets] if with_members else None
-    names = data.image_names + ([n for row in members for n in row] if members else [])
+    names = data.image_names + (member_names(data.triplets) if with_members else [])
     feats = encode_image_names(clip, names, data.path_of.__getitem__, batch_size=batch_size,
                                num_workers=num_workers, progress=progress, desc="train images")
     captions, width, n_var = flat_variants(data.captions)
@@ -127,12 +142,6 @@ def cache_triplet_features(clip: ClipModel, data: TrainTriplets, *, batch_size: 
         ref=torch.stack([feats[t.reference] for t in data.triplets]),
         target=torch.stack([feats[t.target] for t in data.triplets]),
         text=flat.view(len(data.captions), width, -1), n_variants=n_var)
-    if members:
-        size = max(len(row) for row in members)
-        if size == 0:
-            raise ValueError("set negatives need image sets (CIRR's img_set); these triplets have none")
-        blank = torch.zeros_like(cache.ref[0])
-        cache.members = torch.stack([torch.stack([feats[n] for n in row] + [blank] * (size - len(row)))
-                                     for row in members])  # (T, G, D)
-        cache.members_usable = torch.tensor([[i < len(row) for i in range(size)] for row in members])
+    if with_members:
+        cache.members, cache.members_usable = member_table(data.triplets, feats)  # (T, G, D), (T, G)
     return cache

@@ -21,7 +21,8 @@ from cir_demo.model.clip import ClipModel
 from cir_demo.model.composers import SumComposer
 from cir_demo.pipeline.encode import open_image
 from cir_demo.train.augment import insert_unknown
-from cir_demo.train.data import TrainTriplets, encode_image_names, flat_variants, sample_variants, set_members
+from cir_demo.train.data import (TrainTriplets, encode_image_names, flat_variants, member_names, member_table,
+                                 sample_variants)
 from cir_demo.train.distributed import gather_batch, global_cross_entropy
 from cir_demo.train.groups import group_order, triplet_groups
 from cir_demo.train.loop import Task
@@ -75,22 +76,16 @@ class Stage1Task(Task):
         self.tokens = clip.tokenize(flat).view(len(data.captions), width, -1)  # (T, V, L)
         self.image_cache = None
         self.val_image_cache: dict = {}
-        members = [set_members(t) for t in data.triplets] if set_negatives else None
-        if members is not None and encoder != "text":
+        if set_negatives and encoder != "text":
             raise ValueError("set negatives in stage 1 need --encoder text (the image set's features are cached)")
         if encoder == "text":  # frozen image tower: encode every training image once
-            names = data.image_names + ([n for row in members for n in row] if members else [])
+            names = data.image_names + (member_names(data.triplets) if set_negatives else [])
             self.image_cache = encode_image_names(clip, names, data.path_of.__getitem__,
                                                   desc="train images", **self.encode_kwargs)
         self.members = None
-        if members is not None:  # (T, G, D) unit features of each reference's set but the target, and a mask
-            size = max(len(row) for row in members)
-            if size == 0:
-                raise ValueError("set negatives need image sets (CIRR's img_set); these triplets have none")
-            blank = torch.zeros_like(next(iter(self.image_cache.values())))
-            padded = [torch.stack([self.image_cache[n] for n in row] + [blank] * (size - len(row))) for row in members]
-            self.members = F.normalize(torch.stack(padded), dim=-1)
-            self.members_usable = torch.tensor([[i < len(row) for i in range(size)] for row in members])
+        if set_negatives:  # (T, G, D) unit features of each reference's set but the target, and a mask
+            table, self.members_usable = member_table(data.triplets, self.image_cache)
+            self.members = F.normalize(table, dim=-1)
 
     def trainable(self):
         return self.wrapper
