@@ -67,7 +67,3 @@ class GridConvTower(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Nothing to checkpoint in a tower this small (kept for open_clip's interface)."""
-
-    def lock(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
-        for p in self.parameters():
-            p.requires_grad = False

@@ -35,20 +35,25 @@ from cir_demo.train.stage1 import RawEncoder
 log = logging.getLogger(__name__)
 
 
-def captioned_images(roots, split: str = "train") -> tuple[list[Path], list[str]]:
-    """(image paths, absolute captions) of every captioned image in the splits of ``roots``."""
-    paths, captions = [], []
+def _captioned(roots, split: str):
+    """(dataset root, dataset, image name, absolute caption) of every captioned image, in one fixed
+    order: the rows of pre-training, for its images, captions and attribute targets alike."""
     for root in roots:
         for ds in load_eval_splits(root, split):
             ds: CIRDataset
             absolute = ds.absolute_captions()
             for name in ds.image_names:
                 if name in absolute:
-                    paths.append(ds.image_path(name))
-                    captions.append(absolute[name])
-    if not paths:
+                    yield root, ds, name, absolute[name]
+
+
+def captioned_images(roots, split: str = "train") -> tuple[list[Path], list[str]]:
+    """(image paths, absolute captions) of every captioned image in the splits of ``roots``."""
+    rows = [(ds.image_path(name), caption) for _, ds, name, caption in _captioned(roots, split)]
+    if not rows:
         raise ValueError(f"no image with an absolute caption in {', '.join(map(str, roots))} ({split})")
-    return paths, captions
+    paths, captions = zip(*rows)
+    return list(paths), list(captions)
 
 
 def attribute_targets(roots, split: str = "train") -> tuple[torch.Tensor, list[tuple[str, int]]]:
@@ -56,12 +61,8 @@ def attribute_targets(roots, split: str = "train") -> tuple[torch.Tensor, list[t
     ((N, A) long, -1 where an attribute does not apply or the world has no record of it; [(attribute,
     number of classes)]). Attributes are named per world kind, so a garment's "colour" and a scene's
     "left colour" are different heads."""
-    rows = []
-    for root in roots:
-        known = load_attributes(root)
-        for ds in load_eval_splits(root, split):
-            absolute = ds.absolute_captions()
-            rows += [labels(known[n]) if n in known else {} for n in ds.image_names if n in absolute]
+    known = {root: load_attributes(root) for root in roots}
+    rows = [labels(known[root][name]) if name in known[root] else {} for root, _, name, _ in _captioned(roots, split)]
     names = sorted({a for row in rows for a, v in row.items() if v is not None})
     classes = {a: sorted({row[a] for row in rows if row.get(a) is not None}) for a in names}
     index = {a: {c: i for i, c in enumerate(cs)} for a, cs in classes.items()}
