@@ -43,29 +43,3 @@ def test_unknown_words_need_a_trimmed_vocabulary(tiny_training_world, tiny_clip_
             "--out", str(tiny_training_world.parent / "unk-run"), "--unknown-words", "0.5", "--max-steps", "1",
             "--batch-size", "4", "--no-progress"]
     assert main(argv) == 2  # a full-vocabulary CLIP has no unknown token: refused with a message
-
-
-def test_shifted_images_match_a_by_hand_shift():
-    from cir_demo.train.pretrain import shift_images
-    pixels = torch.randn(4, 3, 9, 9)
-    rows, k = torch.tensor([7, 2, 5, 0]), 2
-    out = shift_images(pixels, k, seed=3, step=11, rows=rows, n=10)
-    moved = 0
-    for i in range(4):
-        # the offsets are the example's, whatever else is in the batch
-        alone = shift_images(pixels[i:i + 1], k, seed=3, step=11, rows=rows[i:i + 1], n=10)
-        assert torch.equal(alone[0], out[i])
-        # find the image's offset, then check every pixel against the clamped source written out
-        matches = []
-        for dy in range(-k, k + 1):
-            for dx in range(-k, k + 1):
-                want = torch.empty_like(pixels[i])
-                for y in range(9):
-                    for x in range(9):
-                        want[:, y, x] = pixels[i, :, min(max(y - dy, 0), 8), min(max(x - dx, 0), 8)]
-                if torch.equal(want, out[i]):
-                    matches.append((dy, dx))
-        assert len(matches) == 1, matches
-        moved += matches[0] != (0, 0)
-    assert moved > 0
-    assert not torch.equal(shift_images(pixels, k, seed=3, step=12, rows=rows, n=10), out)  # new offsets each step

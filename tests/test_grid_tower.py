@@ -133,8 +133,6 @@ def test_pretraining_adds_the_heads_loss_and_saves_only_the_clip(tiny_training_w
     # log of their class counts (2-12 classes) at initialisation
     assert 0.5 < with_heads[0] - without[0] < 3.0
     assert sum(with_heads[-3:]) < sum(with_heads[:3]) - 0.5  # and it trains
-    # --shift-pixels reaches the batches: the same first batch, moved, scores otherwise
-    assert pretrain(tmp_path / "shifted", "--epochs", "3", "--max-steps", "1", "--shift-pixels", "3")[0] != without[0]
     ckpt = load_checkpoint(tmp_path / "heads" / "best.safetensors")
     assert isinstance(ckpt.clip.model.visual, GridConvTower)
     with safe_open(str(tmp_path / "heads" / "best.safetensors"), "pt") as f:

@@ -40,9 +40,6 @@ def add_arguments(parser) -> None:
     pre.add_argument("--attribute-loss", type=float, default=d["attribute_loss"], metavar="W",
                      help="synthetic worlds only: add W x the cross-entropy of linear heads that read the "
                           "generator's attributes (attributes.json) off the image embedding (default 0: off)")
-    pre.add_argument("--shift-pixels", type=int, default=d["shift_pixels"], metavar="K",
-                     help="move each training image by up to K pixels each way, anew every step, so the "
-                          "tower cannot learn a picture by where its edges fall (default 0: off)")
     s1 = sub.add_parser("stage1", help="fine-tune CLIP with the normalised element-wise sum")
     d = _defaults("stage1")
     _common(s1, d)

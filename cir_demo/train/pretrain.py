@@ -138,19 +138,6 @@ def preload_pixels(clip: ClipModel, paths, *, num_workers: int = 0, progress: bo
     return out
 
 
-def shift_images(pixels: torch.Tensor, k: int, seed: int, step: int, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """Each image of ``pixels`` (B, C, S, S) moved by a whole number of pixels in [-k, k] along each
-    axis, the uncovered border filled with the edge's pixels (a backdrop, in both worlds). The offsets
-    belong to the example (``rows`` of ``n``) and the step, deterministic in ``seed``, as
-    :func:`~cir_demo.train.data.sample_variants`' draws are: a DDP shard moves a row as one process would."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    offsets = torch.randint(-k, k + 1, (n, 2), generator=gen)[rows]  # (B, 2): dy, dx
-    size = pixels.shape[-1]
-    padded = F.pad(pixels, (k, k, k, k), mode="replicate")
-    return torch.stack([padded[i, :, k - dy:k - dy + size, k - dx:k - dx + size]
-                        for i, (dy, dx) in enumerate(offsets.tolist())])
-
-
 def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
                      negatives: Optional[torch.Tensor] = None, usable: Optional[torch.Tensor] = None) -> torch.Tensor:
     """CLIP's symmetric cross-entropy over a batch of matching pairs.
@@ -184,10 +171,8 @@ class PretrainTask(Task):
 
     def __init__(self, clip: ClipModel, pixels: torch.Tensor, captions: list[str], *, device: str,
                  provenance: dict, val_pixels=None, val_captions=None, save_dtype=None, groups=None,
-                 negatives: Optional[list] = None, seed: int = 0, attributes=None, attribute_weight: float = 0.0,
-                 shift: int = 0):
+                 negatives: Optional[list] = None, seed: int = 0, attributes=None, attribute_weight: float = 0.0):
         self.clip, self.pixels, self.device, self.groups, self.seed = clip, pixels, device, groups, seed
-        self.shift = shift
         self.tokens = clip.tokenize(captions)  # (N, L)
         self.negatives = None
         if negatives is not None:  # per caption, V swapped captions; a row equal to its caption has none
@@ -211,8 +196,6 @@ class PretrainTask(Task):
 
     def loss(self, rows, step):
         pixels, tokens = self.pixels[rows].to(self.device, torch.float32), self.tokens[rows]
-        if self.shift:
-            pixels = shift_images(pixels, self.shift, self.seed, step, rows, self.num_examples)
         if self.negatives is None:
             image, text, logits = self.forward_module(pixels, tokens.to(self.device))
             loss = contrastive_loss(image, text, self.clip.model.logit_scale)

@@ -68,7 +68,6 @@ class PretrainConfig(RunConfig):
     hard_negatives: int = 0
     group_batches: bool = False
     attribute_loss: float = 0.0
-    shift_pixels: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -164,7 +163,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
                         val_pixels=val_pixels, val_captions=val_captions[:1024], save_dtype=cfg.save_dtype,
                         groups=groups, negatives=negatives, seed=cfg.seed,
                         attributes=attribute_targets(cfg.data, "train") if cfg.attribute_loss else None,
-                        attribute_weight=cfg.attribute_loss, shift=cfg.shift_pixels)
+                        attribute_weight=cfg.attribute_loss)
     named = list(task.trainable().named_parameters())  # CLIP and, with --attribute-loss, its heads
     decay = [p for n, p in named if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in named if not (p.ndim >= 2 and "embedding" not in n)]
