@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -14,7 +15,8 @@ from cir_demo.data.datasets import FASHIONIQ_CATEGORIES, load_cirr, load_fashion
 from cir_demo.data.synth import generate_world, world
 from cir_demo.data.synth.captions import absolute_caption as garment_caption
 from cir_demo.data.synth.contact import make_contact_sheet
-from cir_demo.data.synth.fashion import CANVAS_HEIGHTS, CANVAS_WIDTHS, Garment, diff_units
+from cir_demo.data.synth.fashion import CANVAS_HEIGHTS, CANVAS_WIDTHS, Garment, Photo, diff_units, shade_rgb
+from cir_demo.data.synth.fashion_draw import render_garment
 from cir_demo.data.synth.scene_captions import absolute_caption as scene_caption
 from cir_demo.data.synth.scenes import Group, Scene, diff_scenes
 from cir_demo.data.validate import validate_layout
@@ -214,3 +216,21 @@ def test_drawing_only_some_splits_gives_the_same_bytes(tiny, tmp_path):
     assert val_names <= drawn_fashion and not drawn_fashion & set(
         json.loads((tmp_path / "fashioniq/image_splits/split.dress.train.json").read_text()))
     assert sorted(p.parent.name for p in (tmp_path / "cirr").rglob("*.png")) == ["dev"] * 12
+
+
+@pytest.mark.parametrize("pattern", ["stripes", "dots", "checks"])
+@pytest.mark.parametrize("category", FASHIONIQ_CATEGORIES)
+def test_a_patterned_garment_shows_mostly_its_own_colour(pattern, category):
+    """The colour a caption names is the one a viewer sees most of. With stripes as wide as the gaps and
+    checks whose bands covered two thirds of the cloth, "red with white stripes" looked like "white
+    with red stripes", and a linear probe read the garment colour of striped and checked garments
+    at 49 % (solid ones 95 %)."""
+    length = {"dress": "maxi", "shirt": "long", "toptee": "long"}[category]
+    g = Garment(category, "red", "normal", pattern, "white", 0, "long", "round", length, "fitted")
+    img = np.asarray(render_garment(g, Photo(160, 200, 0, 1.0, 0.0)), dtype=float)
+    h, w, _ = img.shape
+    body = img[int(h * 0.45):int(h * 0.7), int(w * 0.42):int(w * 0.58)].reshape(-1, 3)  # the chest, unshaded
+    base, ink = np.array(shade_rgb("red", "normal"), dtype=float), np.array(shade_rgb("white", "normal"), dtype=float)
+    palette = np.stack([base, ink, (base + ink) / 2])  # checks cross their bands in a half mix
+    share = np.bincount(np.linalg.norm(body[:, None] - palette[None], axis=2).argmin(1), minlength=3) / len(body)
+    assert share[0] > 0.45 and share[0] > 1.1 * share[1:].max(), share

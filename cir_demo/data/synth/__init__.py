@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 FLAVOURS = ("fashion", "scenes")
 # Bumped whenever the same seed and size would draw another world (new sizes, drawing, captions), so a
 # cached world of an older generator is recognised as stale (``synth.json`` records it).
-WORLD_FORMAT = 2
+WORLD_FORMAT = 3
 DATASET_DIRS = {"fashion": "fashioniq", "scenes": "cirr"}
 
 
