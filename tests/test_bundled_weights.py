@@ -20,20 +20,29 @@ def fresh_world(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def fresh_val_world(tmp_path_factory):
+    """The validation split of a default-size world of that seed (1,800 garment and 320 scene queries):
+    on the small world's 600 and 100 the stronger composers tie at 100 % or within one query."""
+    root = tmp_path_factory.mktemp("fresh-val")
+    generate_world(root, seed=1, size="default", splits=["val"], progress=False)
+    return root
+
+
 @pytest.fixture(scope="module", params=["fashioniq", "cirr"])
 def bundle(request):
     return request.param, load_checkpoint(WEIGHTS_DIR / f"{request.param}.safetensors")
 
 
-CHANCE = {"fashioniq": (("average", "R@10"), 100 * 10 / 140),  # 140 gallery images per category
-          "cirr": (("cirr", "R@5"), 100 * 5 / 149)}             # 150 images, the reference removed
+CHANCE = {"fashioniq": (("average", "R@10"), 100 * 10 / 490),  # 490 gallery images per category
+          "cirr": (("cirr", "R@5"), 100 * 5 / 479)}             # 480 images, the reference removed
 
 
-def test_shipped_weights_keep_the_papers_ordering_on_an_unseen_world(fresh_world, bundle):
+def test_shipped_weights_keep_the_papers_ordering_on_an_unseen_world(fresh_val_world, bundle):
     dataset, ckpt = bundle
     assert ckpt.clip is not None and ckpt.combiner is not None
     composers = {n: make_composer(n, ckpt.combiner) for n in COMPOSER_NAMES}
-    results = evaluate(ckpt.clip, composers, fresh_world / dataset)
+    results = evaluate(ckpt.clip, composers, fresh_val_world / dataset)
     selection = {name: r["selection"] for name, r in results.items()}
     assert selection["combiner"] > selection["sum"] > selection["image"] > selection["text"], selection
     (group, key), chance = CHANCE[dataset]
