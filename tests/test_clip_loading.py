@@ -11,8 +11,9 @@ import torch
 from safetensors.torch import save_file
 
 from cir_demo.model import ClipModel, WeightsUnavailableError, load_checkpoint, load_clip, save_checkpoint
-from cir_demo.model import clip as clip_module
-from cir_demo.model.clip import make_tokenizer, model_config_for, openai_model_name
+from cir_demo.model import tokenizers as tokenizers_module
+from cir_demo.model.clip import model_config_for, openai_model_name
+from cir_demo.model.tokenizers import make_tokenizer
 
 
 def test_openai_tag_offline_fails_fast_with_advice(tmp_path, monkeypatch):
@@ -130,7 +131,7 @@ def test_default_models_keep_openai_bpe(name):
 @pytest.mark.parametrize("name", ["ViT-L-14-worldwide", "ViT-L-14-CLIPA", "ViT-B-16-SigLIP"])
 def test_models_with_downloaded_tokenizers_fail_fast_offline(name, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(clip_module, "_has_transformers", lambda: True)  # reach the offline check
+    monkeypatch.setattr(tokenizers_module, "_has_transformers", lambda: True)  # reach the offline check
     start = time.monotonic()
     with pytest.raises(WeightsUnavailableError, match="HF_HUB_OFFLINE"):
         make_tokenizer(name, model_config_for(name))
@@ -139,10 +140,10 @@ def test_models_with_downloaded_tokenizers_fail_fast_offline(name, monkeypatch):
 
 def test_hf_tokenizer_without_transformers_or_network_is_clear(monkeypatch):
     config = model_config_for("ViT-L-14-worldwide")
-    monkeypatch.setattr(clip_module, "_has_transformers", lambda: False)
+    monkeypatch.setattr(tokenizers_module, "_has_transformers", lambda: False)
     with pytest.raises(WeightsUnavailableError, match="transformers"):
         make_tokenizer("ViT-L-14-worldwide", config)
-    monkeypatch.setattr(clip_module, "_has_transformers", lambda: True)
+    monkeypatch.setattr(tokenizers_module, "_has_transformers", lambda: True)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
     def refuse(address, timeout=None):
@@ -175,7 +176,7 @@ def unique_captions(count, words=12, seed=0):
 
 
 def test_bpe_memo_stays_bounded_and_ids_stay_exact(monkeypatch):
-    monkeypatch.setattr(clip_module, "BPE_CACHE_SIZE", 200)
+    monkeypatch.setattr(tokenizers_module, "BPE_CACHE_SIZE", 200)
     config = model_config_for("cir-tiny")
     config["text_cfg"]["context_length"] = 64  # room for every word of a caption: all BPEs are compared
     clip = ClipModel(open_clip.CLIP(**config), name="tiny-64", model_config=config)

@@ -9,7 +9,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cir_demo.model import CheckpointError, load_checkpoint, save_checkpoint
-from cir_demo.model.clip import ClipModel, build_model, make_tokenizer, model_config_for
+from cir_demo.model.clip import ClipModel, build_model, model_config_for
+from cir_demo.model.tokenizers import make_tokenizer
 from cir_demo.model.vocab import TrimmedTokenizer, vocab_size, vocabulary_of
 from cir_demo.train.pretrain import new_clip
 

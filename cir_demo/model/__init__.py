@@ -7,10 +7,11 @@ from cir_demo.model.checkpoint import (
                                        read_checkpoint_config,
                                        save_checkpoint,
 )
-from cir_demo.model.clip import ClipModel, WeightsUnavailableError
+from cir_demo.model.clip import ClipModel
 from cir_demo.model.combiner import Combiner, ModelMismatchError, check_compatible
 from cir_demo.model.composers import COMPOSER_NAMES, Composer, Composition, make_composer
 from cir_demo.model.factory import load_clip
+from cir_demo.model.offline import WeightsUnavailableError
 
 __all__ = [
     "Checkpoint", "CheckpointError", "ClipModel", "Combiner", "COMPOSER_NAMES", "Composer", "Composition",

@@ -1,6 +1,7 @@
 """CLIP through open_clip: one object with the model, its preprocessing and its tokenizer.
 
-Loading from tags and files lives in ``cir_demo.model.factory`` (``load_clip``).
+Loading from tags and files lives in ``cir_demo.model.factory`` (``load_clip``); choosing and
+building the tokenizer a config names, in ``cir_demo.model.tokenizers``.
 """
 
 from __future__ import annotations
@@ -8,24 +9,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
-import os
-import socket
 import threading
-from collections import OrderedDict
-from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
-from urllib.parse import urlparse
 
 import open_clip
 import torch
 
-from cir_demo.config import CLIP_MEAN, CLIP_STD, CONTEXT_LENGTH, MODEL_CONFIG_DIR, hub_offline
+from cir_demo.config import CLIP_MEAN, CLIP_STD, CONTEXT_LENGTH, MODEL_CONFIG_DIR
 from cir_demo.config.runtime import optional_precision
 from cir_demo.data.transforms import Preprocess
-from cir_demo.model.vocab import TrimmedTokenizer, vocab_size
+from cir_demo.model.tokenizers import make_tokenizer
+from cir_demo.model.vocab import vocab_size
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +34,7 @@ _FINGERPRINT_SCHEME = b"cir-demo-fingerprint/2"
 # scalars, CoCa's text decoder). Every other key is hashed: unknown future keys count by default.
 _TEXT_ONLY_KEYS = frozenset({"text_cfg", "custom_text", "init_logit_scale", "init_logit_bias",
                              "nonscalar_logit_scale", "output_dict", "multimodal_cfg"})
-# SimpleTokenizer memoises the BPE of every word it sees; these bound that memo (see _BpeCache).
-BPE_CACHE_SIZE = 10_000
-BPE_CACHE_MAX_WORD = 64
 
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights (or a tokenizer) cannot be had here: no network, not cached, unknown."""
 
 
 class ClipModel:
@@ -202,127 +192,6 @@ def vision_architecture_json(model_config: dict) -> str:
     if not arch.get("quick_gelu", False):
         arch.pop("quick_gelu", None)
     return json.dumps(arch, sort_keys=True, default=str)
-
-
-# ---- tokenizers -----------------------------------------------------------------------------
-
-def make_tokenizer(model_name: str, model_config: dict, *, cache_dir: Optional[str] = None,
-                   vocabulary: Optional[Sequence[int]] = None) -> Callable:
-    """The tokenizer ``open_clip.get_tokenizer`` would give, chosen from a config dict.
-
-    Ours, not a call to ``open_clip.get_tokenizer``: that needs a registered model name, while our
-    checkpoints rebuild from the config they carry, and it would try downloads offline.
-
-    Follows open_clip 3.3's rules without needing ``model_name`` registered (our checkpoints
-    rebuild from a config): ``text_cfg.hf_tokenizer_name`` (or an ``hf-hub:`` name) -> HF
-    tokenizer, a SigLIP name -> SigLIP tokenizer, else ``SimpleTokenizer``; ``tokenizer_kwargs``
-    and ``context_length`` come from ``text_cfg``. Never downloads when offline: a tokenizer that
-    is not available locally raises ``WeightsUnavailableError``. SimpleTokenizer's BPE memo is
-    bounded (``BPE_CACHE_SIZE``). ``vocabulary`` wraps it in a :class:`~cir_demo.model.vocab.TrimmedTokenizer`.
-    """
-    text_cfg = model_config.get("text_cfg", {})
-    context_length = int(text_cfg.get("context_length", CONTEXT_LENGTH))
-    kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
-    hf_name = text_cfg.get("hf_tokenizer_name", "")
-    if model_name.startswith("hf-hub:") and not hf_name:
-        hf_name = model_name[len("hf-hub:"):]  # open_clip's fallback: the repo holds the tokenizer
-    if vocabulary is not None and (hf_name or "siglip" in model_name.lower()):
-        raise ValueError("a trimmed vocabulary maps open_clip's BPE tokenizer only, not a Hugging Face or SigLIP one")
-    if hf_name:
-        source = model_name[len("local-dir:"):] if model_name.startswith("local-dir:") else hf_name
-        return _hf_tokenizer(source, context_length, text_cfg.get("tokenizer_mode"), kwargs, cache_dir)
-    if not model_name.startswith(("hf-hub:", "local-dir:")) and "siglip" in model_name.lower():
-        return _siglip_tokenizer(model_name, context_length)
-    tokenizer = open_clip.SimpleTokenizer(context_length=context_length, **kwargs)
-    tokenizer.cache = _BpeCache(tokenizer.cache, BPE_CACHE_SIZE)
-    return tokenizer if vocabulary is None else TrimmedTokenizer(tokenizer, vocabulary)
-
-
-class _BpeCache(OrderedDict):
-    """SimpleTokenizer's word -> BPE memo, bounded: oldest words go first past ``maxsize``.
-
-    Unbounded, it grew by ~300 bytes per distinct word for ever (3,000 unique long captions:
-    +91 MB). Words longer than ``BPE_CACHE_MAX_WORD`` are not memoised (rare in real captions,
-    costly to keep). The entries it starts with (the special tokens) are pinned: ``bpe()`` only
-    treats them as single tokens because it finds them here.
-    """
-
-    def __init__(self, pinned: dict, maxsize: int):
-        self.pinned, self.maxsize = frozenset(pinned), max(int(maxsize), len(pinned) + 1)
-        super().__init__(pinned)
-
-    def __setitem__(self, key, value):
-        if key not in self.pinned and len(key) > BPE_CACHE_MAX_WORD:
-            return
-        super().__setitem__(key, value)
-        while len(self) > self.maxsize:
-            old, kept = self.popitem(last=False)
-            if old in self.pinned:
-                super().__setitem__(old, kept)  # back to the young end
-
-
-def _hf_tokenizer(source: str, context_length: int, mode: Optional[str], kwargs: dict,
-                  cache_dir: Optional[str]) -> Callable:
-    what = f"the Hugging Face tokenizer {source!r}"
-    if not _has_transformers():
-        raise WeightsUnavailableError(f"{what} needs the 'transformers' package, which is not installed")
-    if not Path(source).is_dir():
-        _require_tokenizer_download(what, source, cache_dir)
-    from open_clip.tokenizer import HFTokenizer
-
-    try:
-        return HFTokenizer(source, context_length=context_length, cache_dir=cache_dir, tokenizer_mode=mode,
-                           **kwargs)
-    except (OSError, ValueError, ImportError) as err:  # transformers' can't-load/offline/missing-extra errors
-        raise WeightsUnavailableError(f"cannot load {what}: {err}") from None
-
-
-def _has_transformers() -> bool:
-    return importlib.util.find_spec("transformers") is not None
-
-
-def _require_tokenizer_download(what: str, repo_id: str, cache_dir: Optional[str]) -> None:
-    """Return if the tokenizer is cached or downloadable now; else raise with what to do."""
-    from huggingface_hub import try_to_load_from_cache
-
-    for name in ("tokenizer_config.json", "tokenizer.json"):
-        try:
-            if isinstance(try_to_load_from_cache(repo_id, name, cache_dir=cache_dir), str):
-                return
-        except ValueError:  # not a valid repo id
-            break
-    advice = (f"Cannot load {what}: {{why}}. Run once with network access (it is then cached), or use a "
-              f"model whose tokenizer is built in (OpenAI CLIP BPE, e.g. RN50x4 or the bundled models).")
-    if hub_offline():
-        raise WeightsUnavailableError(advice.format(why="HF_HUB_OFFLINE=1 is set and it is not cached"))
-    why = unreachable_reason(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    if why:
-        raise WeightsUnavailableError(advice.format(why=why))
-
-
-def _siglip_tokenizer(model_name: str, context_length: int) -> Callable:
-    # open_clip fetches SigLIP vocabularies from Google storage on every build, uncached.
-    variant = "gemma" if "siglip2" in model_name.lower() else "mc4" if "i18n" in model_name.lower() else "c4-en"
-    from open_clip.tokenizer import SigLipTokenizer
-
-    url = SigLipTokenizer.VOCAB_FILES[variant]
-    what = f"the SigLIP tokenizer vocabulary {url}"
-    if not _has_transformers():
-        raise WeightsUnavailableError(f"{what} needs the 'transformers' package, which is not installed")
-    why = "HF_HUB_OFFLINE=1 is set" if hub_offline() else unreachable_reason(url)
-    if why:
-        raise WeightsUnavailableError(f"cannot download {what}: {why}")
-    return SigLipTokenizer(variant, context_length=context_length)
-
-
-def unreachable_reason(url: str, timeout: float = 3.0) -> Optional[str]:
-    """None when ``url``'s host answers on port 443 within ``timeout`` s, else why not (fast fail)."""
-    host = urlparse(url).hostname or url
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return None
-    except OSError as err:
-        return f"{host} is unreachable ({err})"
 
 
 # ---- configs and models ---------------------------------------------------------------------

@@ -32,14 +32,8 @@ from cir_demo.model.checkpoint import (
     load_state_strict,
     safe_torch_load,
 )
-from cir_demo.model.clip import (
-    ClipModel,
-    WeightsUnavailableError,
-    build_model,
-    model_config_for,
-    openai_model_name,
-    unreachable_reason,
-)
+from cir_demo.model.clip import ClipModel, build_model, model_config_for, openai_model_name
+from cir_demo.model.offline import WeightsUnavailableError, unreachable_reason
 
 log = logging.getLogger(__name__)
 

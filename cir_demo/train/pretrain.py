@@ -23,7 +23,8 @@ from cir_demo.data.records import query_captions
 from cir_demo.data.synth.attributes import labels, load_attributes
 from cir_demo.eval.protocol import load_eval_splits
 from cir_demo.model.checkpoint import save_checkpoint
-from cir_demo.model.clip import ClipModel, build_model, make_tokenizer, model_config_for
+from cir_demo.model.clip import ClipModel, build_model, model_config_for
+from cir_demo.model.tokenizers import make_tokenizer
 from cir_demo.model.vocab import vocab_size, vocabulary_of
 from cir_demo.pipeline.encode import ImageFiles
 from cir_demo.train.data import flat_variants, sample_variants
